@@ -102,20 +102,20 @@ impl Error {
 
     /// Name the offending field (keeps a field set earlier, the most precise one).
     pub fn field(mut self, field: impl Into<String>) -> Self {
-        if let Error::Invalid { details, .. } = &mut self {
-            if details.field.is_none() {
-                details.field = Some(field.into());
-            }
+        if let Error::Invalid { details, .. } = &mut self
+            && details.field.is_none()
+        {
+            details.field = Some(field.into());
         }
         self
     }
 
     /// Name the offending step.
     pub fn step(mut self, step_id: impl Into<String>) -> Self {
-        if let Error::Invalid { details, .. } = &mut self {
-            if details.step_id.is_none() {
-                details.step_id = Some(step_id.into());
-            }
+        if let Error::Invalid { details, .. } = &mut self
+            && details.step_id.is_none()
+        {
+            details.step_id = Some(step_id.into());
         }
         self
     }

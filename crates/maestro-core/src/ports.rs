@@ -348,3 +348,35 @@ pub trait Invoker: Send + Sync {
     /// Best-effort notice that a call in flight is no longer wanted.
     async fn cancel(&self, _agent: &RegisteredAgent, _invocation: &Invocation) {}
 }
+
+// ---------------------------------------------------------------------------
+// Outbound HTTP
+// ---------------------------------------------------------------------------
+
+/// Why an outbound POST did not go through.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum OutboundError {
+    /// The URL's host is not allowed by `outboundAllowList` (never retried).
+    #[error("destination refused by the outbound allow-list: {0}")]
+    Refused(String),
+    /// Bad URL (never retried).
+    #[error("invalid URL: {0}")]
+    InvalidUrl(String),
+    /// Connection error, timeout or a non-2xx answer (may be retried).
+    #[error("delivery failed: {0}")]
+    Failed(String),
+}
+
+/// POSTs JSON to URLs outside the process (callbacks, webhooks), enforcing the
+/// outbound allow-list.
+#[async_trait]
+pub trait Outbound: Send + Sync {
+    /// One attempt; `Ok(status)` for a 2xx answer.
+    async fn post_json(
+        &self,
+        url: &str,
+        body: &Value,
+        headers: &[(String, String)],
+        timeout_ms: u64,
+    ) -> std::result::Result<u16, OutboundError>;
+}

@@ -1,1 +1,70 @@
-//! maestro-store
+//! # maestro-store
+//!
+//! Implementations of Maestro's persistence port, [`maestro_core::ports::Store`]:
+//!
+//! - [`MemoryStore`]: everything in process memory, for tests and embedding.
+//! - [`SqliteStore`] (feature `sqlite`, on by default): the embedded, durable
+//!   default. SQLite in WAL mode with `synchronous=FULL`; one writer connection,
+//!   a pool of read-only connections; the schema lives in `migrations/sqlite`.
+//!
+//! Both keep rows per execution, per step and per attempt (DESIGN.md
+//! "Durability"): a [`Batch`](maestro_core::ports::Batch) upserts exactly the rows
+//! that changed, in one transaction, and gives the batch's events their `seq` in
+//! commit order. [`conformance`] is the suite of checks every backend must pass;
+//! it is compiled into the library so that other crates (a PostgreSQL backend, the
+//! engine's tests) can run it against their own store.
+//!
+//! Semantics every backend shares, where the port leaves a choice:
+//! - `query_executions`: `created_after` / `created_before` are inclusive bounds;
+//!   newest first (`created_at` desc, then `id` desc); `limit` 0 answers no items
+//!   (but the `total`).
+//! - An execute idempotency key already stored is kept (first writer wins); a
+//!   batch carrying it again still commits.
+//! - A step row needs its execution header, an attempt row its step row, in the
+//!   store or earlier in the same batch; otherwise the whole batch is refused.
+//! - A deleted workflow is not found by id, nor listed, but each of its revisions
+//!   is still readable by explicit revision (executions that pinned one must be
+//!   able to resume). Inserting a revision newer than the deleted latest one makes
+//!   the workflow visible again.
+//! - `execution_stats().by_status` lists every status, in `ExecutionStatus::ALL`
+//!   order, zeros included.
+//! - Timestamps past `i64::MAX` ms are stored as `i64::MAX` by the SQL backends.
+//!
+//! ```
+//! use maestro_core::model::{EventFilter, EventType, NewEvent};
+//! use maestro_core::ports::{EventOrder, EventStore, Store};
+//!
+//! async fn publish(store: &dyn Store) -> maestro_core::Result<()> {
+//!     let sync = NewEvent::engine(EventType::ChoreographySync, serde_json::json!({}), 1);
+//!     let committed = store.append_events(vec![sync]).await?;
+//!     assert_eq!(committed[0].seq, 1);
+//!     let newest = store
+//!         .query_events(&EventFilter::default(), EventOrder::Newest, 10)
+//!         .await?;
+//!     assert_eq!(newest, committed);
+//!     Ok(())
+//! }
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! tokio::runtime::Runtime::new()?.block_on(async {
+//!     publish(&maestro_store::MemoryStore::new()).await?;
+//!
+//!     let dir = tempfile::tempdir()?;
+//!     let sqlite = maestro_store::SqliteStore::open(&dir.path().join("maestro.db")).await?;
+//!     publish(&sqlite).await?;
+//!     sqlite.close().await;
+//!     Ok(())
+//! })
+//! # }
+//! ```
+
+pub mod conformance;
+mod error;
+mod memory;
+#[cfg(feature = "sqlite")]
+mod sqlite;
+
+pub use error::{Error, Result};
+pub use memory::MemoryStore;
+#[cfg(feature = "sqlite")]
+pub use sqlite::SqliteStore;

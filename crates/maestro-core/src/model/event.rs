@@ -36,6 +36,9 @@ pub enum EventType {
     StepRetrying,
     #[serde(rename = "workflow:step_skipped")]
     StepSkipped,
+    /// A compensation call of a rollback ended (`payload.status`: executed | failed).
+    #[serde(rename = "workflow:step_compensated")]
+    StepCompensated,
     #[serde(rename = "workflow:completed")]
     WorkflowCompleted,
     #[serde(rename = "workflow:failed")]
@@ -56,7 +59,7 @@ pub enum EventType {
 }
 
 impl EventType {
-    pub const ALL: [EventType; 21] = [
+    pub const ALL: [EventType; 22] = [
         EventType::AgentRegistered,
         EventType::AgentDeregistered,
         EventType::AgentHealth,
@@ -70,6 +73,7 @@ impl EventType {
         EventType::StepFailed,
         EventType::StepRetrying,
         EventType::StepSkipped,
+        EventType::StepCompensated,
         EventType::WorkflowCompleted,
         EventType::WorkflowFailed,
         EventType::WorkflowPaused,
@@ -95,6 +99,7 @@ impl EventType {
             EventType::StepFailed => "workflow:step_failed",
             EventType::StepRetrying => "workflow:step_retrying",
             EventType::StepSkipped => "workflow:step_skipped",
+            EventType::StepCompensated => "workflow:step_compensated",
             EventType::WorkflowCompleted => "workflow:completed",
             EventType::WorkflowFailed => "workflow:failed",
             EventType::WorkflowPaused => "workflow:paused",

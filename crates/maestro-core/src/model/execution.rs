@@ -169,6 +169,12 @@ pub struct StepExecution {
     /// The fallback step whose outputs stand in for this step's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fallback_step: Option<String>,
+    /// Attempt number at which the `retry` error handler's extra round started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_round_start: Option<u32>,
+    /// The `callback` error handler's POST is under way.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub awaiting_callback: bool,
 }
 
 impl StepExecution {
@@ -187,6 +193,8 @@ impl StepExecution {
             attempts: Vec::new(),
             next_retry_at: None,
             fallback_step: None,
+            retry_round_start: None,
+            awaiting_callback: false,
         }
     }
 }
@@ -233,6 +241,12 @@ pub struct RollbackEntry {
     /// Compensation calls made so far.
     #[serde(default)]
     pub attempts: u32,
+    /// A compensation call is under way.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub in_flight: bool,
+    /// When the next compensation call is due while waiting out a backoff.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_attempt_at: Option<Timestamp>,
 }
 
 /// A run of a workflow at a pinned revision.
@@ -268,6 +282,17 @@ pub struct WorkflowExecution {
 }
 
 impl WorkflowExecution {
+    /// `context.stepOutputs` follows from the step rows: the outputs of every
+    /// step that has some. Stores call this when they assemble an execution, so
+    /// the header row need not carry a copy that grows with every step.
+    pub fn derive_step_outputs(&mut self) {
+        self.context.step_outputs = self
+            .step_executions
+            .iter()
+            .filter_map(|s| s.outputs.as_ref().map(|o| (s.step_id.clone(), o.clone())))
+            .collect();
+    }
+
     pub fn duration(&self) -> Option<u64> {
         Some(self.completed_at?.saturating_sub(self.started_at?))
     }

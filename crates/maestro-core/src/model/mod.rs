@@ -10,6 +10,7 @@ mod config;
 mod event;
 mod execution;
 mod metrics;
+mod typespec;
 mod workflow;
 
 pub use agent::*;

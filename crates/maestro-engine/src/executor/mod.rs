@@ -1,0 +1,848 @@
+//! The Workflow Executor: performs what the state machine decides.
+//!
+//! One task (the *loop*) owns every live [`ExecutionState`]. Each turn it takes
+//! everything that arrived (agent answers, timers, execute/cancel/pause requests,
+//! events to append), applies each input to its execution, then commits all the
+//! resulting row changes and events of all executions in **one store
+//! transaction** (group commit: one fsync for the batch), and only then performs
+//! the actions: publish the committed events, answer the callers, send the next
+//! calls, arm timers. "Step N completed" and "step N+1 dispatched" are therefore
+//! one commit, and nothing is acknowledged or published before it is durable.
+//!
+//! Calls run as their own tasks (routing, input check, per-attempt timeout,
+//! late-answer recording) and report back to the loop through its channel.
+
+mod calls;
+mod timers;
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use maestro_core::choreography::WorkflowPlan;
+use maestro_core::machine::{Action, Env, ExecutionState, Input, TimerKey};
+use maestro_core::model::{
+    ChoreographyEvent, ExecutionContext, ExecutionStatus, MaestroConfig, NewEvent, StepExecution,
+    StepMap, Timestamp, Workflow, WorkflowExecution,
+};
+use maestro_core::ports::{
+    AttemptRow, Batch, ExecutionHeader, IdempotencyRecord, InvokeError, Invoker, Outbound, StepRow,
+    Store,
+};
+use maestro_core::{Error, Result};
+use serde_json::{Map, Value};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::catalog::Catalog;
+use crate::clock::now_ms;
+use crate::config::ConfigHandle;
+use crate::eventbus::EventBus;
+use crate::registry::Registry;
+
+pub use calls::CallEnv;
+use timers::Timers;
+
+/// What the executor needs.
+pub struct ExecutorOptions {
+    pub store: Arc<dyn Store>,
+    pub invoker: Arc<dyn Invoker>,
+    pub registry: Registry,
+    pub bus: EventBus,
+    pub config: ConfigHandle,
+    pub catalog: Catalog,
+    /// For the `callback` error handler; `None` refuses callbacks.
+    pub outbound: Option<Arc<dyn Outbound>>,
+    /// Bound of the FIFO queue of pending executions (`QUEUE_FULL` beyond).
+    pub max_queued: usize,
+    /// A step's outputs above this size fail it with `OUTPUT_TOO_LARGE`.
+    pub max_output_bytes: usize,
+    /// How long shutdown waits for calls in flight.
+    pub drain_timeout_ms: u64,
+}
+
+/// An execute request, after the workflow was resolved.
+#[derive(Debug, Clone, Default)]
+pub struct ExecuteRequest {
+    pub inputs: Map<String, Value>,
+    pub correlation_id: Option<String>,
+    pub parent_execution_id: Option<String>,
+    /// `Idempotency-Key` with the hash of the request it came with.
+    pub idempotency: Option<(String, String)>,
+}
+
+/// The answer to an execute request.
+#[derive(Debug, Clone)]
+pub enum Executed {
+    Created(WorkflowExecution),
+    /// Same `Idempotency-Key` seen before: that execution's id.
+    Existing(String),
+}
+
+#[derive(Debug, Clone)]
+pub enum Control {
+    Cancel(Option<String>),
+    Pause,
+    Resume,
+}
+
+pub(crate) enum Msg {
+    Execute {
+        id: String,
+        workflow: Arc<Workflow>,
+        plan: Arc<WorkflowPlan>,
+        req: ExecuteRequest,
+        reply: oneshot::Sender<Result<Executed>>,
+    },
+    Control {
+        id: String,
+        op: Control,
+        reply: oneshot::Sender<Result<WorkflowExecution>>,
+    },
+    CallDone {
+        exec_id: String,
+        step_id: String,
+        attempt: u32,
+        compensation: bool,
+        agent_id: Option<String>,
+        outcome: std::result::Result<Map<String, Value>, InvokeError>,
+    },
+    CallbackDone {
+        exec_id: String,
+        step_id: String,
+        delivered: bool,
+    },
+    Append {
+        events: Vec<NewEvent>,
+        reply: oneshot::Sender<Result<Vec<ChoreographyEvent>>>,
+    },
+    Wait {
+        id: String,
+        reply: oneshot::Sender<()>,
+    },
+}
+
+/// Live counters of the executor.
+#[derive(Debug, Default)]
+pub struct ExecutorStats {
+    pub active: AtomicU64,
+    pub queued: AtomicU64,
+    pub commits: AtomicU64,
+    pub calls_started: AtomicU64,
+    pub retries: AtomicU64,
+    pub late_results: AtomicU64,
+    pub ready: AtomicBool,
+    pub failed: AtomicBool,
+}
+
+/// Cheap handle to the running executor.
+#[derive(Clone)]
+pub struct ExecutorHandle {
+    tx: mpsc::UnboundedSender<Msg>,
+    stats: Arc<ExecutorStats>,
+}
+
+impl std::fmt::Debug for ExecutorHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExecutorHandle")
+            .field("stats", &self.stats)
+            .finish()
+    }
+}
+
+fn stopped() -> Error {
+    Error::NotReady("the executor is not running".into())
+}
+
+impl ExecutorHandle {
+    pub fn stats(&self) -> &ExecutorStats {
+        &self.stats
+    }
+
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Msg) -> Result<T> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(make(tx)).map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())
+    }
+
+    pub async fn execute(
+        &self,
+        id: String,
+        workflow: Arc<Workflow>,
+        plan: Arc<WorkflowPlan>,
+        req: ExecuteRequest,
+    ) -> Result<Executed> {
+        self.ask(|reply| Msg::Execute {
+            id,
+            workflow,
+            plan,
+            req,
+            reply,
+        })
+        .await?
+    }
+
+    /// `Err(NotFound)` when the execution is not live in this executor.
+    pub async fn control(&self, id: &str, op: Control) -> Result<WorkflowExecution> {
+        self.ask(|reply| Msg::Control {
+            id: id.to_owned(),
+            op,
+            reply,
+        })
+        .await?
+    }
+
+    /// Commit events (outside any execution) and publish them in seq order.
+    pub async fn append_events(&self, events: Vec<NewEvent>) -> Result<Vec<ChoreographyEvent>> {
+        self.ask(|reply| Msg::Append { events, reply }).await?
+    }
+
+    /// Resolves when the execution is no longer live (finished, or unknown).
+    pub async fn wait_finished(&self, id: &str) -> Result<()> {
+        self.ask(|reply| Msg::Wait {
+            id: id.to_owned(),
+            reply,
+        })
+        .await
+    }
+}
+
+struct Live {
+    state: ExecutionState,
+    tags: Vec<String>,
+}
+
+/// Everything gathered in one turn of the loop, committed together.
+#[derive(Default)]
+struct Turn {
+    touched: Vec<String>,
+    touched_set: HashSet<String>,
+    actions: Vec<(String, Action)>,
+    appends: Vec<(usize, oneshot::Sender<Result<Vec<ChoreographyEvent>>>)>,
+    append_events: Vec<NewEvent>,
+    idempotency: Vec<IdempotencyRecord>,
+    execute_replies: Vec<(String, oneshot::Sender<Result<Executed>>)>,
+    control_replies: Vec<(String, oneshot::Sender<Result<WorkflowExecution>>)>,
+    finished: Vec<String>,
+}
+
+impl Turn {
+    fn touch(&mut self, id: &str) {
+        if self.touched_set.insert(id.to_owned()) {
+            self.touched.push(id.to_owned());
+        }
+    }
+    fn is_empty(&self) -> bool {
+        self.touched.is_empty()
+            && self.actions.is_empty()
+            && self.appends.is_empty()
+            && self.execute_replies.is_empty()
+            && self.control_replies.is_empty()
+    }
+}
+
+struct LoopEnv<'a> {
+    now: Timestamp,
+    config: &'a MaestroConfig,
+    registry: &'a Registry,
+}
+
+impl Env for LoopEnv<'_> {
+    fn now(&self) -> Timestamp {
+        self.now
+    }
+    fn config(&self) -> &MaestroConfig {
+        self.config
+    }
+    fn jitter(&mut self, max: u64) -> u64 {
+        rand::random_range(0..=max)
+    }
+    fn compensation_for(&self, agent_id: &str, capability: &str) -> Option<String> {
+        self.registry.read(|r| {
+            r.get_agent(agent_id)
+                .and_then(|a| a.compensation_for(capability))
+        })
+    }
+}
+
+/// The executor service: build with [`Executor::new`], then `run(cancel)`.
+pub struct Executor {
+    opts: ExecutorOptions,
+    rx: mpsc::UnboundedReceiver<Msg>,
+    stats: Arc<ExecutorStats>,
+    live: HashMap<String, Live>,
+    queue: VecDeque<String>,
+    active: usize,
+    timers: Timers,
+    waiters: HashMap<String, Vec<oneshot::Sender<()>>>,
+    /// Idempotency keys committed or being committed by this process.
+    recent_keys: HashMap<(String, String), (String, String)>,
+    calls: calls::InFlight,
+    call_env: Arc<CallEnv>,
+    /// Shutting down: answers are still committed, but no new call is sent (the
+    /// committed attempt is re-sent, same key, at the next start).
+    draining: bool,
+}
+
+const MAX_INPUTS_PER_TURN: usize = 4096;
+
+impl Executor {
+    pub fn new(opts: ExecutorOptions) -> (Executor, ExecutorHandle) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let stats = Arc::new(ExecutorStats::default());
+        let call_env = Arc::new(CallEnv {
+            tx: tx.clone(),
+            registry: opts.registry.clone(),
+            invoker: opts.invoker.clone(),
+            outbound: opts.outbound.clone(),
+            max_output_bytes: opts.max_output_bytes,
+            stats: stats.clone(),
+        });
+        let handle = ExecutorHandle {
+            tx: tx.clone(),
+            stats: stats.clone(),
+        };
+        let ex = Executor {
+            opts,
+            rx,
+            stats,
+            live: HashMap::new(),
+            queue: VecDeque::new(),
+            active: 0,
+            timers: Timers::default(),
+            waiters: HashMap::new(),
+            recent_keys: HashMap::new(),
+            calls: calls::InFlight::default(),
+            call_env,
+            draining: false,
+        };
+        (ex, handle)
+    }
+
+    /// Resume unfinished executions, then serve until `cancel`; then stop taking
+    /// new work, wait up to the drain timeout for calls in flight, and return.
+    pub async fn run(mut self, cancel: CancellationToken) {
+        if let Err(e) = self.recover().await {
+            tracing::error!(error = %e, "executor recovery failed");
+            self.stats.failed.store(true, Ordering::SeqCst);
+            return;
+        }
+        self.stats.ready.store(true, Ordering::SeqCst);
+        let mut draining_until: Option<tokio::time::Instant> = None;
+        let mut buf = Vec::with_capacity(256);
+        loop {
+            let next_timer = self.timers.next_at().map(crate::clock::instant_at);
+            let drain_tick = draining_until
+                .map(|d| d.min(tokio::time::Instant::now() + std::time::Duration::from_millis(20)));
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled(), if draining_until.is_none() => {
+                    draining_until = Some(tokio::time::Instant::now()
+                        + std::time::Duration::from_millis(self.opts.drain_timeout_ms));
+                    self.stats.ready.store(false, Ordering::SeqCst);
+                    self.draining = true;
+                    tracing::info!(in_flight = self.calls.len(), "executor draining");
+                }
+                n = self.rx.recv_many(&mut buf, MAX_INPUTS_PER_TURN) => {
+                    if n == 0 { break; }
+                }
+                _ = sleep_opt(next_timer) => {}
+                _ = sleep_opt(drain_tick) => {}
+            }
+            let mut turn = Turn::default();
+            let now = now_ms();
+            let config = self.opts.config.get();
+            for msg in buf.drain(..) {
+                self.handle(msg, &mut turn, now, &config, draining_until.is_some());
+            }
+            for (exec_id, key) in self.timers.pop_due(now) {
+                self.apply(&exec_id, Input::Timer(key), &mut turn, now, &config);
+            }
+            if draining_until.is_none() {
+                self.fill_slots(&mut turn, now, &config);
+            }
+            if !turn.is_empty()
+                && let Err(e) = self.commit_and_perform(turn).await
+            {
+                tracing::error!(error = %e, "commit failed; the executor stops (state resumes from the store at restart)");
+                self.stats.failed.store(true, Ordering::SeqCst);
+                self.stats.ready.store(false, Ordering::SeqCst);
+                return;
+            }
+            if let Some(until) = draining_until
+                && (self.calls.is_empty() || tokio::time::Instant::now() >= until)
+            {
+                tracing::info!(abandoned = self.calls.len(), "executor stopped");
+                return;
+            }
+        }
+    }
+
+    fn handle(
+        &mut self,
+        msg: Msg,
+        turn: &mut Turn,
+        now: Timestamp,
+        config: &MaestroConfig,
+        draining: bool,
+    ) {
+        match msg {
+            Msg::Execute {
+                id,
+                workflow,
+                plan,
+                req,
+                reply,
+            } => {
+                if draining {
+                    let _ = reply.send(Err(Error::NotReady("shutting down".into())));
+                    return;
+                }
+                if let Some((key, hash)) = &req.idempotency
+                    && let Some((h, existing)) =
+                        self.recent_keys.get(&(workflow.id.clone(), key.clone()))
+                {
+                    let r = if h == hash {
+                        Ok(Executed::Existing(existing.clone()))
+                    } else {
+                        Err(Error::IdempotencyKeyReused(key.clone()))
+                    };
+                    let _ = reply.send(r);
+                    return;
+                }
+                let has_slot =
+                    self.active < config.max_concurrent_workflows as usize && self.queue.is_empty();
+                if !has_slot && self.queue.len() >= self.opts.max_queued {
+                    let _ = reply.send(Err(Error::QueueFull(self.queue.len())));
+                    return;
+                }
+                if let Some((key, hash)) = req.idempotency.clone() {
+                    self.recent_keys.insert(
+                        (workflow.id.clone(), key.clone()),
+                        (hash.clone(), id.clone()),
+                    );
+                    turn.idempotency.push(IdempotencyRecord {
+                        workflow_id: workflow.id.clone(),
+                        key,
+                        request_hash: hash,
+                        execution_id: id.clone(),
+                        created_at: now,
+                    });
+                }
+                let tags = workflow.tags.clone();
+                let state = ExecutionState::new(
+                    id.clone(),
+                    workflow,
+                    plan,
+                    req.inputs,
+                    req.correlation_id,
+                    req.parent_execution_id,
+                    now,
+                );
+                self.live.insert(id.clone(), Live { state, tags });
+                self.queue.push_back(id.clone());
+                turn.touch(&id);
+                turn.execute_replies.push((id, reply));
+                // Slots are filled (FIFO) at the end of the turn.
+            }
+            Msg::Control { id, op, reply } => {
+                let Some(live) = self.live.get(&id) else {
+                    let _ = reply.send(Err(Error::not_found("execution", id)));
+                    return;
+                };
+                let st = &live.state;
+                let allowed = match &op {
+                    Control::Cancel(_) => st.can_cancel(),
+                    Control::Pause => st.status() == ExecutionStatus::Running,
+                    Control::Resume => st.status() == ExecutionStatus::Paused,
+                };
+                if !allowed {
+                    let what = match op {
+                        Control::Cancel(_) => "cancel",
+                        Control::Pause => "pause",
+                        Control::Resume => "resume",
+                    };
+                    let _ = reply.send(Err(Error::InvalidState(format!(
+                        "cannot {what} execution {id} while it is {}",
+                        st.status().as_str()
+                    ))));
+                    return;
+                }
+                let input = match op {
+                    Control::Cancel(reason) => Input::Cancel { reason },
+                    Control::Pause => Input::Pause,
+                    Control::Resume => Input::Resume,
+                };
+                self.apply(&id, input, turn, now, config);
+                turn.control_replies.push((id, reply));
+            }
+            Msg::CallDone {
+                exec_id,
+                step_id,
+                attempt,
+                compensation,
+                agent_id,
+                outcome,
+            } => {
+                self.calls.finish(&exec_id, &step_id, attempt, compensation);
+                let input = if compensation {
+                    Input::CompensationFinished {
+                        step_id,
+                        attempt,
+                        agent_id,
+                        outcome,
+                    }
+                } else {
+                    Input::AttemptFinished {
+                        step_id,
+                        attempt,
+                        agent_id,
+                        outcome,
+                    }
+                };
+                self.apply(&exec_id, input, turn, now, config);
+            }
+            Msg::CallbackDone {
+                exec_id,
+                step_id,
+                delivered,
+            } => {
+                self.apply(
+                    &exec_id,
+                    Input::CallbackFinished { step_id, delivered },
+                    turn,
+                    now,
+                    config,
+                );
+            }
+            Msg::Append { events, reply } => {
+                turn.appends.push((events.len(), reply));
+                turn.append_events.extend(events);
+            }
+            Msg::Wait { id, reply } => {
+                if self.live.contains_key(&id) {
+                    self.waiters.entry(id).or_default().push(reply);
+                } else {
+                    let _ = reply.send(());
+                }
+            }
+        }
+    }
+
+    /// Apply an input to a live execution and keep its actions for after the commit.
+    fn apply(
+        &mut self,
+        id: &str,
+        input: Input,
+        turn: &mut Turn,
+        now: Timestamp,
+        config: &MaestroConfig,
+    ) {
+        let Some(live) = self.live.get_mut(id) else {
+            return; // finished meanwhile: a late answer for a closed execution
+        };
+        let was_pending = live.state.status() == ExecutionStatus::Pending;
+        let mut env = LoopEnv {
+            now,
+            config,
+            registry: &self.opts.registry,
+        };
+        let actions = live.state.apply(input, &mut env);
+        let is_pending = live.state.status() == ExecutionStatus::Pending;
+        if was_pending && !is_pending {
+            // Left the queue (started, or cancelled while queued).
+            if let Some(pos) = self.queue.iter().position(|q| q == id) {
+                self.queue.remove(pos);
+            }
+            // It holds a slot now; a cancel straight from the queue releases it
+            // again through its `Finished` action below.
+            self.active += 1;
+        }
+        turn.touch(id);
+        for a in actions {
+            if matches!(a, Action::Finished) {
+                self.active = self.active.saturating_sub(1);
+                turn.finished.push(id.to_owned());
+            }
+            turn.actions.push((id.to_owned(), a));
+        }
+    }
+
+    /// Start queued executions while slots are free (FIFO).
+    fn fill_slots(&mut self, turn: &mut Turn, now: Timestamp, config: &MaestroConfig) {
+        while self.active < config.max_concurrent_workflows as usize {
+            let Some(id) = self.queue.front().cloned() else {
+                break;
+            };
+            self.apply(&id, Input::Start, turn, now, config);
+            if self.queue.front() == Some(&id) {
+                // Could not start (should not happen): drop it from the queue to avoid spinning.
+                self.queue.pop_front();
+            }
+        }
+        self.stats
+            .active
+            .store(self.active as u64, Ordering::Relaxed);
+        self.stats
+            .queued
+            .store(self.queue.len() as u64, Ordering::Relaxed);
+    }
+
+    async fn commit_and_perform(&mut self, mut turn: Turn) -> Result<()> {
+        let mut batch = Batch::default();
+        for id in &turn.touched {
+            if let Some(live) = self.live.get_mut(id) {
+                rows(&mut live.state, &live.tags, &mut batch);
+            }
+        }
+        let mut publish_slots = Vec::new();
+        for (i, (_, a)) in turn.actions.iter().enumerate() {
+            if let Action::Publish(e) = a {
+                batch.events.push(e.clone());
+                publish_slots.push(i);
+            }
+        }
+        let n_exec_events = batch.events.len();
+        batch.events.extend(std::mem::take(&mut turn.append_events));
+        batch.idempotency_keys = std::mem::take(&mut turn.idempotency);
+        let committed = if batch.is_empty() {
+            Vec::new()
+        } else {
+            match self.opts.store.commit(batch).await {
+                Ok(ev) => ev,
+                Err(e) => {
+                    let msg = e.to_string();
+                    for (_, r) in turn.appends {
+                        let _ = r.send(Err(Error::store(msg.clone())));
+                    }
+                    for (_, r) in turn.execute_replies {
+                        let _ = r.send(Err(Error::store(msg.clone())));
+                    }
+                    for (_, r) in turn.control_replies {
+                        let _ = r.send(Err(Error::store(msg.clone())));
+                    }
+                    return Err(e);
+                }
+            }
+        };
+        self.stats.commits.fetch_add(1, Ordering::Relaxed);
+        // Durable now: publish in seq order, then answer, then act.
+        for e in &committed {
+            self.opts.bus.publish(e.clone());
+        }
+        let mut rest = committed.into_iter().skip(n_exec_events);
+        for (n, reply) in turn.appends {
+            let evs: Vec<_> = rest.by_ref().take(n).collect();
+            let _ = reply.send(Ok(evs));
+        }
+        for (id, reply) in turn.execute_replies {
+            let r = match self.live.get(&id) {
+                Some(l) => Ok(Executed::Created(l.state.execution().clone())),
+                None => Err(Error::not_found("execution", id)),
+            };
+            let _ = reply.send(r);
+        }
+        for (id, reply) in turn.control_replies {
+            let r = match self.live.get(&id) {
+                Some(l) => Ok(l.state.execution().clone()),
+                None => Err(Error::not_found("execution", id)),
+            };
+            let _ = reply.send(r);
+        }
+        for (exec_id, action) in turn.actions {
+            self.perform(&exec_id, action);
+        }
+        for id in turn.finished {
+            if let Some(live) = self.live.remove(&id) {
+                drop(live);
+            }
+            if let Some(ws) = self.waiters.remove(&id) {
+                for w in ws {
+                    let _ = w.send(());
+                }
+            }
+        }
+        self.stats
+            .active
+            .store(self.active as u64, Ordering::Relaxed);
+        self.stats
+            .queued
+            .store(self.queue.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn perform(&mut self, exec_id: &str, action: Action) {
+        match action {
+            Action::Invoke(_) | Action::Callback { .. } if self.draining => {}
+            Action::Invoke(call) => {
+                let Some(live) = self.live.get(exec_id) else {
+                    return;
+                };
+                let e = live.state.execution();
+                let token = self.calls.start(exec_id, &call);
+                self.stats.calls_started.fetch_add(1, Ordering::Relaxed);
+                calls::spawn_call(
+                    self.call_env.clone(),
+                    exec_id.to_owned(),
+                    e.workflow_id.clone(),
+                    e.context.correlation_id.clone(),
+                    call,
+                    token,
+                );
+            }
+            Action::CancelCall {
+                step_id,
+                attempt,
+                compensation,
+            } => self.calls.cancel(exec_id, &step_id, attempt, compensation),
+            Action::SetTimer { key, at } => {
+                if matches!(key, TimerKey::Retry { .. }) {
+                    self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                }
+                self.timers.push(at, exec_id.to_owned(), key);
+            }
+            Action::Callback { step_id, url, body } => {
+                calls::spawn_callback(
+                    self.call_env.clone(),
+                    exec_id.to_owned(),
+                    step_id,
+                    url,
+                    body,
+                );
+            }
+            Action::Publish(_) | Action::Finished => {}
+        }
+    }
+
+    /// Load unfinished executions and continue them.
+    async fn recover(&mut self) -> Result<()> {
+        let unfinished = self.opts.store.unfinished_executions().await?;
+        if unfinished.is_empty() {
+            return Ok(());
+        }
+        let now = now_ms();
+        let config = self.opts.config.get();
+        let mut turn = Turn::default();
+        let n = unfinished.len();
+        for exec in unfinished {
+            let (workflow, plan) = match self
+                .opts
+                .catalog
+                .revision(&exec.workflow_id, exec.revision)
+                .await
+            {
+                Ok(Some(wp)) => wp,
+                Ok(None) | Err(_) => {
+                    tracing::error!(execution = %exec.id, workflow = %exec.workflow_id,
+                        revision = exec.revision, "cannot resume: workflow revision missing");
+                    continue;
+                }
+            };
+            let id = exec.id.clone();
+            let status = exec.status;
+            let tags = workflow.tags.clone();
+            let state = ExecutionState::restore(exec, workflow, plan);
+            self.live.insert(id.clone(), Live { state, tags });
+            if status == ExecutionStatus::Pending {
+                self.queue.push_back(id);
+            } else {
+                self.active += 1;
+                self.apply(&id, Input::Recover, &mut turn, now, &config);
+            }
+        }
+        tracing::info!(
+            executions = n,
+            active = self.active,
+            queued = self.queue.len(),
+            "resumed unfinished executions"
+        );
+        self.fill_slots(&mut turn, now, &config);
+        self.commit_and_perform(turn).await
+    }
+}
+
+async fn sleep_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The rows of what changed in an execution since its last commit.
+fn rows(state: &mut ExecutionState, tags: &[String], batch: &mut Batch) {
+    let changes = state.take_changes();
+    if changes.is_empty() {
+        return;
+    }
+    let e = state.execution();
+    if changes.header {
+        batch.executions.push(Arc::new(ExecutionHeader {
+            execution: header_of(e),
+            workflow_tags: tags.to_vec(),
+        }));
+    }
+    for &i in &changes.steps {
+        batch.steps.push(StepRow {
+            execution_id: e.id.clone(),
+            position: i as u32,
+            step: step_row_of(state.step(i)),
+        });
+    }
+    for &(i, attempt) in &changes.attempts {
+        if let Some(a) = state.step(i).attempts.iter().find(|a| a.attempt == attempt) {
+            batch.attempts.push(AttemptRow {
+                execution_id: e.id.clone(),
+                step_id: state.step(i).step_id.clone(),
+                attempt: a.clone(),
+            });
+        }
+    }
+}
+
+/// The execution row: no step executions, no per-step outputs (those are step rows).
+fn header_of(e: &WorkflowExecution) -> WorkflowExecution {
+    WorkflowExecution {
+        id: e.id.clone(),
+        workflow_id: e.workflow_id.clone(),
+        revision: e.revision,
+        status: e.status,
+        step_executions: StepMap::default(),
+        context: ExecutionContext {
+            execution_id: e.context.execution_id.clone(),
+            workflow_id: e.context.workflow_id.clone(),
+            variables: e.context.variables.clone(),
+            step_outputs: Default::default(),
+            correlation_id: e.context.correlation_id.clone(),
+            parent_execution_id: e.context.parent_execution_id.clone(),
+        },
+        outputs: e.outputs.clone(),
+        result: e.result.clone(),
+        created_at: e.created_at,
+        started_at: e.started_at,
+        completed_at: e.completed_at,
+        error: e.error.clone(),
+        rollback_log: e.rollback_log.clone(),
+        deadline: e.deadline,
+        cancel_reason: e.cancel_reason.clone(),
+    }
+}
+
+fn step_row_of(s: &StepExecution) -> StepExecution {
+    StepExecution {
+        step_id: s.step_id.clone(),
+        status: s.status,
+        agent_id: s.agent_id.clone(),
+        inputs: s.inputs.clone(),
+        outputs: s.outputs.clone(),
+        error: s.error.clone(),
+        started_at: s.started_at,
+        completed_at: s.completed_at,
+        duration: s.duration,
+        retry_count: s.retry_count,
+        attempts: Vec::new(),
+        next_retry_at: s.next_retry_at,
+        fallback_step: s.fallback_step.clone(),
+        retry_round_start: s.retry_round_start,
+        awaiting_callback: s.awaiting_callback,
+    }
+}

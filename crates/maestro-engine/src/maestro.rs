@@ -1,0 +1,718 @@
+//! The `Maestro` facade: the original's methods (in Rust naming) over the
+//! registry, the catalog, the executor, the event bus and the store.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use maestro_core::choreography::Limits;
+use maestro_core::model::{
+    AgentHealth, AgentStatus, ChoreographyEvent, ChoreographyMetrics, EventFilter, EventType,
+    ExecutionStatus, MaestroConfig, NewEvent, RegisteredAgent, Workflow, WorkflowExecution,
+};
+use maestro_core::ports::{EventOrder, ExecutionQuery, Invoker, Outbound, Page, Store};
+use maestro_core::registry::{AgentQuery, HealthWindowConfig};
+use maestro_core::{Error, Result};
+use serde_json::{Map, Value, json};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::catalog::Catalog;
+use crate::clock::now_ms;
+use crate::config::ConfigHandle;
+use crate::eventbus::{EventBus, EventStream, SubscriptionId};
+use crate::executor::{
+    Control, ExecuteRequest, Executed, Executor, ExecutorHandle, ExecutorOptions,
+};
+use crate::health::{HealthChecker, HealthProbe};
+use crate::invoker::{InProcessInvoker, TransportInvoker};
+use crate::registry::Registry;
+
+/// How to build a [`Maestro`].
+pub struct MaestroOptions {
+    pub store: Arc<dyn Store>,
+    /// Runtime config from file/environment; keys PATCHed earlier (stored) win.
+    pub config: MaestroConfig,
+    /// Invoker of `transport: http` agents.
+    pub http_invoker: Option<Arc<dyn Invoker>>,
+    /// Invoker of `transport: poll` agents.
+    pub poll_invoker: Option<Arc<dyn Invoker>>,
+    /// Handlers of `transport: inprocess` agents. Register them before
+    /// `initialize` when executions may be resumed at start (they are re-sent
+    /// at once); more can be added later through [`Maestro::in_process`].
+    pub in_process: InProcessInvoker,
+    /// Outbound POSTs (callbacks); enforces the allow-list.
+    pub outbound: Option<Arc<dyn Outbound>>,
+    /// Liveness probe of HTTP agents for the health checker.
+    pub health_probe: Option<Arc<dyn HealthProbe>>,
+    pub limits: Limits,
+    pub max_queued_executions: usize,
+    pub max_output_bytes: usize,
+    pub drain_timeout_ms: u64,
+    pub health_window: HealthWindowConfig,
+    /// Run the health checker (on by default).
+    pub health_checker: bool,
+}
+
+impl MaestroOptions {
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        MaestroOptions {
+            store,
+            config: MaestroConfig::default(),
+            http_invoker: None,
+            poll_invoker: None,
+            in_process: InProcessInvoker::new(),
+            outbound: None,
+            health_probe: None,
+            limits: Limits::default(),
+            max_queued_executions: 10_000,
+            max_output_bytes: 1 << 20,
+            drain_timeout_ms: 10_000,
+            health_window: HealthWindowConfig::default(),
+            health_checker: true,
+        }
+    }
+}
+
+/// Options of `executeWorkflow`.
+#[derive(Debug, Clone, Default)]
+pub struct ExecuteOptions {
+    pub inputs: Map<String, Value>,
+    pub correlation_id: Option<String>,
+    pub parent_execution_id: Option<String>,
+    /// `Idempotency-Key`, scoped to the workflow, kept 24 h.
+    pub idempotency_key: Option<String>,
+}
+
+/// How long an execute `Idempotency-Key` is remembered.
+pub const IDEMPOTENCY_TTL_MS: u64 = 24 * 3600 * 1000;
+
+struct Inner {
+    store: Arc<dyn Store>,
+    registry: Registry,
+    bus: EventBus,
+    catalog: Catalog,
+    executor: ExecutorHandle,
+    config: ConfigHandle,
+    inprocess: InProcessInvoker,
+    cancel: CancellationToken,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// The orchestrator. Cheap to clone.
+#[derive(Clone)]
+pub struct Maestro {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Maestro {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Maestro").finish_non_exhaustive()
+    }
+}
+
+impl Maestro {
+    /// `initialize`: load config, agents and unfinished executions from the
+    /// store, start the executor (which resumes them) and the health checker.
+    pub async fn initialize(opts: MaestroOptions) -> Result<Maestro> {
+        let store = opts.store.clone();
+        let mut config = opts.config.clone();
+        if let Some(stored) = store.load_config().await? {
+            config = config.patched(&stored).unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "ignoring invalid stored config");
+                opts.config.clone()
+            });
+        }
+        config.validate()?;
+        let config = ConfigHandle::new(config);
+        let bus = EventBus::new(config.get().event_bus_buffer_size as usize);
+        bus_resume_seq(&bus, &*store).await?;
+        let registry = Registry::load(store.clone(), opts.health_window).await?;
+        let catalog = Catalog::new(store.clone(), opts.limits);
+        let inprocess = opts.in_process.clone();
+        let invoker = TransportInvoker {
+            inprocess: Some(Arc::new(inprocess.clone())),
+            http: opts.http_invoker.clone(),
+            poll: opts.poll_invoker.clone(),
+        };
+        let (executor, handle) = Executor::new(ExecutorOptions {
+            store: store.clone(),
+            invoker: Arc::new(invoker),
+            registry: registry.clone(),
+            bus: bus.clone(),
+            config: config.clone(),
+            catalog: catalog.clone(),
+            outbound: opts.outbound.clone(),
+            max_queued: opts.max_queued_executions,
+            max_output_bytes: opts.max_output_bytes,
+            drain_timeout_ms: opts.drain_timeout_ms,
+        });
+        let cancel = CancellationToken::new();
+        let mut tasks = vec![tokio::spawn(executor.run(cancel.clone()))];
+        if opts.health_checker {
+            let hc = HealthChecker {
+                registry: registry.clone(),
+                config: config.clone(),
+                executor: handle.clone(),
+                probe: opts.health_probe.clone(),
+            };
+            tasks.push(tokio::spawn(hc.run(cancel.clone())));
+        }
+        // Wait until recovery is done (or failed).
+        while !handle
+            .stats()
+            .ready
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            if handle
+                .stats()
+                .failed
+                .load(std::sync::atomic::Ordering::SeqCst)
+            {
+                return Err(Error::NotReady(
+                    "executor failed to start (see logs)".into(),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        Ok(Maestro {
+            inner: Arc::new(Inner {
+                store,
+                registry,
+                bus,
+                catalog,
+                executor: handle,
+                config,
+                inprocess,
+                cancel,
+                tasks: Mutex::new(tasks),
+            }),
+        })
+    }
+
+    /// `shutdown`: stop taking work, let calls in flight finish (up to the drain
+    /// timeout), persist, stop. Unfinished executions resume at the next start.
+    pub async fn shutdown(&self) {
+        self.inner.cancel.cancel();
+        let tasks: Vec<_> = std::mem::take(&mut *self.inner.tasks.lock().expect("tasks lock"));
+        for t in tasks {
+            let _ = t.await;
+        }
+        self.inner.bus.close();
+    }
+
+    /// Ready to serve: store reachable at start, executor running.
+    pub fn is_ready(&self) -> bool {
+        let s = self.inner.executor.stats();
+        s.ready.load(std::sync::atomic::Ordering::SeqCst)
+            && !s.failed.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.store
+    }
+    pub fn bus(&self) -> &EventBus {
+        &self.inner.bus
+    }
+    pub fn registry(&self) -> &Registry {
+        &self.inner.registry
+    }
+    pub fn executor(&self) -> &ExecutorHandle {
+        &self.inner.executor
+    }
+    pub fn catalog(&self) -> &Catalog {
+        &self.inner.catalog
+    }
+    /// Handlers of `transport: inprocess` agents.
+    pub fn in_process(&self) -> &InProcessInvoker {
+        &self.inner.inprocess
+    }
+
+    async fn emit(&self, e: NewEvent) -> Result<ChoreographyEvent> {
+        let mut v = self.inner.executor.append_events(vec![e]).await?;
+        v.pop().ok_or_else(|| Error::store("event not committed"))
+    }
+
+    fn agent_event(t: EventType, agent: &RegisteredAgent, payload: Value) -> NewEvent {
+        let mut e = NewEvent::engine(t, payload, now_ms());
+        e.target_agent = Some(agent.id.clone());
+        e.correlation_id = format!("agent:{}", agent.id);
+        e
+    }
+
+    // -- Agent Registry ----------------------------------------------------
+
+    /// `registerAgent`: a duplicate id is `AlreadyExists`.
+    pub async fn register_agent(&self, agent: RegisteredAgent) -> Result<RegisteredAgent> {
+        let a = self.inner.registry.register(agent, now_ms()).await?;
+        let payload = json!({"agentId": a.id, "type": a.agent_type,
+            "capabilities": a.capabilities.iter().map(|c| &c.id).collect::<Vec<_>>()});
+        self.emit(Self::agent_event(EventType::AgentRegistered, &a, payload))
+            .await?;
+        Ok(a)
+    }
+
+    /// Create or update (a restarted agent re-registering); `true` when created.
+    pub async fn upsert_agent(&self, agent: RegisteredAgent) -> Result<(bool, RegisteredAgent)> {
+        let (created, a) = self.inner.registry.upsert(agent, now_ms()).await?;
+        let payload = json!({"agentId": a.id, "type": a.agent_type, "updated": !created,
+            "capabilities": a.capabilities.iter().map(|c| &c.id).collect::<Vec<_>>()});
+        self.emit(Self::agent_event(EventType::AgentRegistered, &a, payload))
+            .await?;
+        Ok((created, a))
+    }
+
+    /// `deregisterAgent`.
+    pub async fn deregister_agent(&self, id: &str) -> Result<RegisteredAgent> {
+        let a = self.inner.registry.deregister(id).await?;
+        self.inner.inprocess.unregister_agent(id);
+        self.emit(Self::agent_event(
+            EventType::AgentDeregistered,
+            &a,
+            json!({"agentId": a.id}),
+        ))
+        .await?;
+        Ok(a)
+    }
+
+    /// `getAgent`.
+    pub fn get_agent(&self, id: &str) -> Option<RegisteredAgent> {
+        self.inner.registry.get(id)
+    }
+
+    /// `queryAgents`: the page and the number of all matches.
+    pub fn query_agents(&self, q: &AgentQuery) -> (Vec<RegisteredAgent>, usize) {
+        self.inner.registry.read(|r| {
+            let (v, total) = r.query_agents(q);
+            (v.into_iter().cloned().collect(), total)
+        })
+    }
+
+    /// `findAgentsByCapability`.
+    pub fn find_agents_by_capability(&self, capability: &str) -> Vec<RegisteredAgent> {
+        self.inner.registry.read(|r| {
+            r.find_agents_by_capability(capability)
+                .into_iter()
+                .cloned()
+                .collect()
+        })
+    }
+
+    /// `updateAgentStatus` (an operator hold unless back to `online`).
+    pub async fn update_agent_status(
+        &self,
+        id: &str,
+        status: AgentStatus,
+    ) -> Result<RegisteredAgent> {
+        let before = self.get_agent(id).map(|a| a.status);
+        let a = self.inner.registry.update_status(id, status).await?;
+        if before != Some(a.status) {
+            let payload = json!({"agentId": a.id, "previousStatus": before, "status": a.status, "hold": a.status_hold});
+            self.emit(Self::agent_event(EventType::AgentHealth, &a, payload))
+                .await?;
+        }
+        Ok(a)
+    }
+
+    /// A heartbeat, optionally with agent-reported health.
+    pub async fn heartbeat(
+        &self,
+        id: &str,
+        health: Option<AgentHealth>,
+    ) -> Result<RegisteredAgent> {
+        let before = self.get_agent(id).map(|a| a.status);
+        let a = self.inner.registry.heartbeat(id, now_ms(), health).await?;
+        if before.is_some() && before != Some(a.status) {
+            let payload = json!({"agentId": a.id, "previousStatus": before, "status": a.status});
+            self.emit(Self::agent_event(EventType::AgentHealth, &a, payload))
+                .await?;
+        }
+        Ok(a)
+    }
+
+    /// `recordAgentHealth`: what the agent reports about itself.
+    pub async fn record_agent_health(&self, id: &str, health: AgentHealth) -> Result<AgentHealth> {
+        let now = now_ms();
+        self.inner
+            .registry
+            .write(|r| r.record_reported_health(id, health, now))?;
+        self.get_agent_health(id)
+            .ok_or_else(|| Error::not_found("agent", id))
+    }
+
+    /// `getAgentHealth`: computed from real calls and checks, merged with reports.
+    pub fn get_agent_health(&self, id: &str) -> Option<AgentHealth> {
+        let t = self.inner.config.get().agent_timeout_ms;
+        self.inner
+            .registry
+            .read(|r| r.agent_health(id, now_ms(), t))
+    }
+
+    /// `getAllAgentHealth`.
+    pub fn get_all_agent_health(&self) -> Vec<AgentHealth> {
+        let t = self.inner.config.get().agent_timeout_ms;
+        self.inner
+            .registry
+            .read(|r| r.all_agent_health(now_ms(), t))
+    }
+
+    // -- Choreography Engine ---------------------------------------------
+
+    /// `defineWorkflow`.
+    pub async fn define_workflow(&self, wf: Workflow, created_by: &str) -> Result<Workflow> {
+        let wf = self.inner.catalog.define(wf, created_by, now_ms()).await?;
+        let mut e = NewEvent::engine(
+            EventType::WorkflowCreated,
+            json!({"workflowId": wf.id, "revision": wf.revision, "name": wf.name, "steps": wf.steps.len()}),
+            now_ms(),
+        );
+        e.workflow_id = Some(wf.id.clone());
+        e.correlation_id = format!("workflow:{}", wf.id);
+        self.emit(e).await?;
+        Ok(wf)
+    }
+
+    /// `getWorkflow` (latest, or a given revision).
+    pub async fn get_workflow(&self, id: &str, revision: Option<u64>) -> Result<Option<Workflow>> {
+        self.inner.catalog.get(id, revision).await
+    }
+
+    /// `updateWorkflow`: merge patch, a new revision.
+    pub async fn update_workflow(&self, id: &str, patch: &Value) -> Result<Workflow> {
+        let wf = self.inner.catalog.update(id, patch, now_ms()).await?;
+        let mut e = NewEvent::engine(
+            EventType::WorkflowUpdated,
+            json!({"workflowId": wf.id, "revision": wf.revision}),
+            now_ms(),
+        );
+        e.workflow_id = Some(wf.id.clone());
+        e.correlation_id = format!("workflow:{}", wf.id);
+        self.emit(e).await?;
+        Ok(wf)
+    }
+
+    pub async fn list_workflows(
+        &self,
+        tags: &[String],
+        limit: usize,
+        offset: usize,
+    ) -> Result<Page<Workflow>> {
+        self.inner.catalog.list(tags, limit, offset).await
+    }
+
+    /// Refused (`InvalidState`) while executions of it are pending, running or paused.
+    pub async fn delete_workflow(&self, id: &str) -> Result<()> {
+        if self.inner.store.get_workflow(id, None).await?.is_none() {
+            return Err(Error::not_found("workflow", id));
+        }
+        if self.inner.store.has_active_executions(id).await? {
+            return Err(Error::InvalidState(format!(
+                "workflow {id:?} has active executions; cancel them first"
+            )));
+        }
+        self.inner.catalog.delete(id).await?;
+        Ok(())
+    }
+
+    // -- Workflow Executor -------------------------------------------------
+
+    /// `executeWorkflow`: the new execution (`pending` or `running`), or — with an
+    /// `Idempotency-Key` seen before — the existing one (`true`).
+    pub async fn execute_workflow(
+        &self,
+        workflow_id: &str,
+        opts: ExecuteOptions,
+    ) -> Result<(WorkflowExecution, bool)> {
+        let (workflow, plan) = self
+            .inner
+            .catalog
+            .latest(workflow_id)
+            .await?
+            .ok_or_else(|| Error::not_found("workflow", workflow_id))?;
+        let idempotency = match opts.idempotency_key {
+            Some(key) => {
+                if key.is_empty() || key.len() > 255 {
+                    return Err(
+                        Error::validation("Idempotency-Key must be 1-255 characters")
+                            .field("Idempotency-Key"),
+                    );
+                }
+                let hash = request_hash(
+                    &opts.inputs,
+                    &opts.correlation_id,
+                    &opts.parent_execution_id,
+                );
+                if let Some(rec) = self
+                    .inner
+                    .store
+                    .get_idempotency_key(workflow_id, &key)
+                    .await?
+                    && now_ms().saturating_sub(rec.created_at) < IDEMPOTENCY_TTL_MS
+                {
+                    if rec.request_hash != hash {
+                        return Err(Error::IdempotencyKeyReused(key));
+                    }
+                    let e = self
+                        .get_execution(&rec.execution_id)
+                        .await?
+                        .ok_or_else(|| Error::not_found("execution", rec.execution_id))?;
+                    return Ok((e, true));
+                }
+                Some((key, hash))
+            }
+            None => None,
+        };
+        if let Some(c) = &opts.correlation_id
+            && (c.is_empty() || c.len() > 256)
+        {
+            return Err(
+                Error::validation("correlationId must be 1-256 characters").field("correlationId")
+            );
+        }
+        let id = format!("exec_{}", uuid::Uuid::now_v7().simple());
+        let req = ExecuteRequest {
+            inputs: opts.inputs,
+            correlation_id: opts.correlation_id,
+            parent_execution_id: opts.parent_execution_id,
+            idempotency,
+        };
+        match self.inner.executor.execute(id, workflow, plan, req).await? {
+            Executed::Created(e) => Ok((e, false)),
+            Executed::Existing(id) => {
+                let e = self
+                    .get_execution(&id)
+                    .await?
+                    .ok_or_else(|| Error::not_found("execution", id))?;
+                Ok((e, true))
+            }
+        }
+    }
+
+    /// Wait until the execution finished (or `timeout`); `None` if unknown.
+    pub async fn wait_for_execution(
+        &self,
+        id: &str,
+        timeout: Duration,
+    ) -> Result<Option<WorkflowExecution>> {
+        let _ = tokio::time::timeout(timeout, self.inner.executor.wait_finished(id)).await;
+        self.get_execution(id).await
+    }
+
+    /// `getExecution`: the committed state.
+    pub async fn get_execution(&self, id: &str) -> Result<Option<WorkflowExecution>> {
+        self.inner.store.get_execution(id).await
+    }
+
+    /// `queryExecutions`: newest first.
+    pub async fn query_executions(&self, q: &ExecutionQuery) -> Result<Page<WorkflowExecution>> {
+        self.inner.store.query_executions(q).await
+    }
+
+    async fn control(&self, id: &str, op: Control) -> Result<WorkflowExecution> {
+        match self.inner.executor.control(id, op).await {
+            Err(Error::NotFound { .. }) => match self.get_execution(id).await? {
+                Some(e) => Err(Error::InvalidState(format!(
+                    "execution {id} already finished ({})",
+                    e.status.as_str()
+                ))),
+                None => Err(Error::not_found("execution", id)),
+            },
+            r => r,
+        }
+    }
+
+    pub async fn cancel_execution(
+        &self,
+        id: &str,
+        reason: Option<String>,
+    ) -> Result<WorkflowExecution> {
+        self.control(id, Control::Cancel(reason)).await
+    }
+    pub async fn pause_execution(&self, id: &str) -> Result<WorkflowExecution> {
+        self.control(id, Control::Pause).await
+    }
+    pub async fn resume_execution(&self, id: &str) -> Result<WorkflowExecution> {
+        self.control(id, Control::Resume).await
+    }
+
+    // -- Event Bus ---------------------------------------------------------
+
+    /// `subscribeToEvents`: `handler` runs for each matching event, in order.
+    pub fn subscribe_to_events<F, Fut>(&self, filter: EventFilter, handler: F) -> SubscriptionId
+    where
+        F: Fn(ChoreographyEvent) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.inner.bus.subscribe_fn(filter, 1024, handler)
+    }
+
+    /// A live stream of matching events.
+    pub fn subscribe(&self, filter: EventFilter, queue_capacity: usize) -> EventStream {
+        self.inner.bus.subscribe(filter, queue_capacity)
+    }
+
+    /// `unsubscribeFromEvents`.
+    pub fn unsubscribe_from_events(&self, id: &str) -> bool {
+        self.inner.bus.unsubscribe(id)
+    }
+
+    /// `getEventHistory` from the persisted log: with `filter.after`, the first
+    /// `limit` events after it; otherwise the newest `limit`. Seq order.
+    pub async fn get_event_history(
+        &self,
+        filter: &EventFilter,
+        limit: usize,
+    ) -> Result<Vec<ChoreographyEvent>> {
+        let order = if filter.after.is_some() {
+            EventOrder::Ascending
+        } else {
+            EventOrder::Newest
+        };
+        self.inner.store.query_events(filter, order, limit).await
+    }
+
+    /// `getEventsByCorrelation`.
+    pub async fn get_events_by_correlation(
+        &self,
+        correlation_id: &str,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<ChoreographyEvent>> {
+        let f = EventFilter {
+            correlation_id: Some(correlation_id.to_owned()),
+            after,
+            ..Default::default()
+        };
+        self.inner
+            .store
+            .query_events(&f, EventOrder::Ascending, limit)
+            .await
+    }
+
+    /// Publish an event (`agent:event` / `agent:alert` from agents, audit events).
+    pub async fn publish_event(&self, mut e: NewEvent) -> Result<ChoreographyEvent> {
+        if e.correlation_id.is_empty() {
+            e.correlation_id = format!("evt:{}", uuid::Uuid::now_v7().simple());
+        }
+        if e.timestamp == 0 {
+            e.timestamp = now_ms();
+        }
+        self.emit(e).await
+    }
+
+    // -- Monitoring & config ----------------------------------------------
+
+    /// `getMetrics`, from the store (so it is right across restarts and nodes).
+    pub async fn get_metrics(&self) -> Result<ChoreographyMetrics> {
+        let store = &self.inner.store;
+        let stats = store.execution_stats().await?;
+        let count = |s: ExecutionStatus| {
+            stats
+                .by_status
+                .iter()
+                .filter(|(st, _)| *st == s)
+                .map(|(_, n)| *n)
+                .sum::<u64>()
+        };
+        let completed = count(ExecutionStatus::Completed);
+        let failed = count(ExecutionStatus::Failed);
+        let rolled_back = count(ExecutionStatus::RolledBack);
+        let cancelled = count(ExecutionStatus::Cancelled);
+        let finished = completed + failed + rolled_back + cancelled;
+        let total: u64 = stats.by_status.iter().map(|(_, n)| *n).sum();
+        let now = now_ms();
+        let recent = store.count_events_since(now.saturating_sub(60_000)).await?;
+        let total_workflows = store.list_workflows(&[], 0, 0).await?.total;
+        Ok(ChoreographyMetrics {
+            total_workflows,
+            total_executions: total,
+            completed_workflows: completed,
+            failed_workflows: failed,
+            rolled_back_workflows: rolled_back,
+            cancelled_workflows: cancelled,
+            average_execution_time: if stats.finished_count > 0 {
+                stats.finished_time_sum_ms as f64 / stats.finished_count as f64
+            } else {
+                0.0
+            },
+            success_rate: if finished > 0 {
+                completed as f64 * 100.0 / finished as f64
+            } else {
+                0.0
+            },
+            active_executions: count(ExecutionStatus::Running) + count(ExecutionStatus::Paused),
+            queued_executions: count(ExecutionStatus::Pending),
+            agent_health_scores: self
+                .get_all_agent_health()
+                .into_iter()
+                .map(|h| (h.agent_id, h.score))
+                .collect(),
+            event_throughput: recent as f64 / 60.0,
+        })
+    }
+
+    /// `getConfig`.
+    pub fn get_config(&self) -> MaestroConfig {
+        (*self.inner.config.get()).clone()
+    }
+
+    /// `updateConfig`: a JSON merge patch of the runtime keys; validated, stored,
+    /// applied at once.
+    pub async fn update_config(&self, patch: &Value) -> Result<MaestroConfig> {
+        let next = self.get_config().patched(patch)?;
+        let doc = serde_json::to_value(&next).map_err(|e| Error::store(e.to_string()))?;
+        self.inner.store.save_config(&doc).await?;
+        self.inner
+            .bus
+            .set_buffer_size(next.event_bus_buffer_size as usize);
+        self.inner.config.set(next.clone());
+        Ok(next)
+    }
+}
+
+/// Make the bus continue after the last committed seq.
+async fn bus_resume_seq(bus: &EventBus, store: &dyn Store) -> Result<()> {
+    let last = store.last_seq().await?;
+    let recent = store
+        .query_events(&EventFilter::default(), EventOrder::Newest, 1000)
+        .await?;
+    for e in recent {
+        bus.publish(e);
+    }
+    debug_assert!(bus.last_seq() <= last);
+    Ok(())
+}
+
+/// A stable digest of an execute request (FNV-1a 64 over its canonical JSON),
+/// to tell a replay of an `Idempotency-Key` from a reuse.
+fn request_hash(
+    inputs: &Map<String, Value>,
+    correlation: &Option<String>,
+    parent: &Option<String>,
+) -> String {
+    let doc = json!({"inputs": canonical(&Value::Object(inputs.clone())),
+        "correlationId": correlation, "parentExecutionId": parent});
+    let bytes = serde_json::to_vec(&doc).unwrap_or_default();
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in bytes {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    format!("{h:016x}")
+}
+
+/// Objects with sorted keys, so that key order does not change the digest.
+fn canonical(v: &Value) -> Value {
+    match v {
+        Value::Object(m) => {
+            let mut keys: Vec<_> = m.keys().collect();
+            keys.sort();
+            Value::Object(
+                keys.into_iter()
+                    .map(|k| (k.clone(), canonical(&m[k])))
+                    .collect(),
+            )
+        }
+        Value::Array(a) => Value::Array(a.iter().map(canonical).collect()),
+        other => other.clone(),
+    }
+}
