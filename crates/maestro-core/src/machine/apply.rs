@@ -616,7 +616,7 @@ impl ExecutionState {
             .context
             .step_outputs
             .insert(step_id.clone(), outputs.clone());
-        self.mark_header();
+        // `stepOutputs` is derived from step rows when read: no header write.
         self.publish(
             cx,
             EventType::StepCompleted,

@@ -868,8 +868,12 @@ fn changes_name_exactly_the_rows_touched() {
     assert!(c.header);
     assert_eq!(c.steps.len(), 3);
     assert_eq!(c.attempts, vec![(0, 1)]);
-    st.apply(ok("a", 1, json!({})), &mut env);
+    st.apply(ok("a", 1, json!({"a_out": 1})), &mut env);
     let c = st.take_changes();
+    assert!(
+        !c.header,
+        "a step completion does not rewrite the execution row"
+    );
     assert_eq!(c.steps, vec![0, 1]);
     assert_eq!(c.attempts, vec![(0, 1), (1, 1)]);
     assert!(st.take_changes().is_empty());

@@ -275,8 +275,10 @@ pub struct Executor {
     active: usize,
     timers: Timers,
     waiters: HashMap<String, Vec<oneshot::Sender<()>>>,
-    /// Idempotency keys committed or being committed by this process.
-    recent_keys: HashMap<(String, String), (String, String)>,
+    /// Idempotency keys taken by this process in the last minute: (workflow, key) →
+    /// (request hash, execution id, when). The store answers for older ones; this
+    /// closes the window between the facade's store look-up and the commit.
+    recent_keys: HashMap<(String, String), (String, String, Timestamp)>,
     calls: calls::InFlight,
     call_env: Arc<CallEnv>,
     /// Shutting down: answers are still committed, but no new call is sent (the
@@ -285,6 +287,8 @@ pub struct Executor {
 }
 
 const MAX_INPUTS_PER_TURN: usize = 4096;
+const RECENT_KEYS_PRUNE_AT: usize = 4096;
+const RECENT_KEYS_KEEP_MS: u64 = 60_000;
 
 impl Executor {
     pub fn new(opts: ExecutorOptions) -> (Executor, ExecutorHandle) {
@@ -399,7 +403,7 @@ impl Executor {
                     return;
                 }
                 if let Some((key, hash)) = &req.idempotency
-                    && let Some((h, existing)) =
+                    && let Some((h, existing, _)) =
                         self.recent_keys.get(&(workflow.id.clone(), key.clone()))
                 {
                     let r = if h == hash {
@@ -417,9 +421,13 @@ impl Executor {
                     return;
                 }
                 if let Some((key, hash)) = req.idempotency.clone() {
+                    if self.recent_keys.len() >= RECENT_KEYS_PRUNE_AT {
+                        self.recent_keys
+                            .retain(|_, (_, _, at)| now.saturating_sub(*at) < RECENT_KEYS_KEEP_MS);
+                    }
                     self.recent_keys.insert(
                         (workflow.id.clone(), key.clone()),
-                        (hash.clone(), id.clone()),
+                        (hash.clone(), id.clone(), now),
                     );
                     turn.idempotency.push(IdempotencyRecord {
                         workflow_id: workflow.id.clone(),

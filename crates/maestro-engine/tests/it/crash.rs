@@ -257,7 +257,11 @@ async fn kill_9_mid_run_loses_nothing() {
     }
     // 2. No step whose success was committed before the kill was invoked again.
     for k in &gen2 {
-        let prefix = k.rsplit_once(':').map(|x| x.0).map(|p| format!("{p}:")).unwrap();
+        let prefix = k
+            .rsplit_once(':')
+            .map(|x| x.0)
+            .map(|p| format!("{p}:"))
+            .unwrap();
         assert!(
             !committed_done.contains(&prefix),
             "completed step re-invoked: {k}"

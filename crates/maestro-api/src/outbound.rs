@@ -1,0 +1,566 @@
+//! Outbound HTTP: the real [`Outbound`] port, used for `callback` error
+//! handlers (and, later, webhooks), guarded by the `outboundAllowList`.
+//!
+//! Two pieces:
+//! - [`AllowList`] decides whether an address may be contacted, by host name
+//!   and by IP address. Link-local/metadata addresses are always refused.
+//! - [`HttpOutbound`] POSTs JSON with `reqwest`. The allow-list is enforced on
+//!   the addresses actually connected to, not on the URL text: the client's DNS
+//!   resolver is a checking resolver, so the lookup that is checked is the
+//!   lookup that is connected to (a name pointing at 169.254.169.254 is
+//!   refused, and DNS cannot answer differently between check and connect).
+//!   IP-literal URLs never reach a resolver and are checked before sending.
+//!   Redirects are not followed and proxies are not used, since either would
+//!   let a request reach an address that was never checked.
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use maestro_core::ports::{Outbound, OutboundError};
+use reqwest::dns::{Addrs, Name, Resolve, Resolving};
+use reqwest::header::{HeaderName, HeaderValue};
+use serde_json::Value;
+
+/// At most this much of a response body is read (the rest is dropped with the
+/// connection): an answer to a callback is not interesting, and a hostile
+/// receiver must not make us buffer without bound.
+const MAX_RESPONSE_BYTES: usize = 64 * 1024;
+/// At most this much of a non-2xx body goes into the error message.
+const MAX_ERROR_SNIPPET: usize = 256;
+const USER_AGENT: &str = concat!("maestro/", env!("CARGO_PKG_VERSION"));
+
+// ---------------------------------------------------------------------------
+// Allow-list
+// ---------------------------------------------------------------------------
+
+/// Which hosts and addresses outbound requests may target (`outboundAllowList`).
+///
+/// Every address a request would connect to is checked with [`AllowList::allows`].
+/// Link-local and cloud-metadata addresses (169.254.0.0/16, fe80::/10) are
+/// refused in every mode, even when listed.
+#[derive(Debug, Clone)]
+pub struct AllowList {
+    mode: Mode,
+}
+
+#[derive(Debug, Clone)]
+enum Mode {
+    /// No list configured: public addresses always, loopback and private
+    /// ranges only when `local` (the server listens on loopback).
+    Default { local: bool },
+    /// Only what is listed.
+    Explicit {
+        hosts: Vec<HostPattern>,
+        nets: Vec<Cidr>,
+    },
+}
+
+/// What an address is, for the default policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AddrClass {
+    /// Link-local/metadata, or not unicast: never contacted.
+    Forbidden,
+    /// Loopback, private, "this host" and shared (CGNAT) ranges.
+    Local,
+    Public,
+}
+
+impl AllowList {
+    /// The policy when no `outboundAllowList` is configured.
+    ///
+    /// Listening on loopback means a developer's machine or a sidecar: agents
+    /// and receivers on loopback and private ranges are allowed. Listening
+    /// elsewhere, those ranges are refused (an API caller must not be able to
+    /// reach the server's own network through callbacks). Public hosts are
+    /// allowed in both cases.
+    pub fn default_for_listen(listen_is_loopback: bool) -> Self {
+        AllowList {
+            mode: Mode::Default {
+                local: listen_is_loopback,
+            },
+        }
+    }
+
+    /// An explicit list: host names (exact, case-insensitive, or `*.example.com`
+    /// for any subdomain of example.com, not example.com itself), IP addresses
+    /// and CIDRs (v4 and v6). Only what is listed is allowed; an empty list
+    /// allows nothing. Malformed entries are an error naming the entry.
+    ///
+    /// A host name entry allows whatever that name resolves to (except
+    /// link-local/metadata addresses); an address or CIDR entry allows the
+    /// address whichever name led to it.
+    pub fn new(entries: &[String]) -> Result<Self, String> {
+        let mut hosts = Vec::new();
+        let mut nets = Vec::new();
+        for raw in entries {
+            let entry = raw.trim();
+            if entry.is_empty() {
+                return Err("outboundAllowList: empty entry".to_owned());
+            }
+            if let Some(net) = Cidr::parse(entry) {
+                nets.push(net.map_err(|why| format!("outboundAllowList: {entry:?}: {why}"))?);
+            } else {
+                hosts.push(
+                    HostPattern::parse(entry)
+                        .map_err(|why| format!("outboundAllowList: {entry:?}: {why}"))?,
+                );
+            }
+        }
+        Ok(AllowList {
+            mode: Mode::Explicit { hosts, nets },
+        })
+    }
+
+    /// Whether a connection to `ip` may be made. `host` is the URL's host name
+    /// that resolved to `ip`, or `None` when the URL held the address itself.
+    pub fn allows(&self, host: Option<&str>, ip: IpAddr) -> bool {
+        let class = classify(ip);
+        if class == AddrClass::Forbidden {
+            return false;
+        }
+        match &self.mode {
+            Mode::Default { local } => class == AddrClass::Public || *local,
+            Mode::Explicit { hosts, nets } => {
+                let host = host.map(normalize_host);
+                let canonical = canonical(ip);
+                host.is_some_and(|h| hosts.iter().any(|p| p.matches(&h)))
+                    || nets.iter().any(|n| n.contains(ip) || n.contains(canonical))
+            }
+        }
+    }
+
+    /// Every address must be allowed (one refused address refuses the host: a
+    /// connection may go to any of them). The error says which and why.
+    fn check(&self, host: Option<&str>, addrs: &[IpAddr]) -> Result<(), String> {
+        for &ip in addrs {
+            if !self.allows(host, ip) {
+                let what = match host {
+                    Some(h) => format!("{h} ({ip})"),
+                    None => ip.to_string(),
+                };
+                let why = match (classify(ip), &self.mode) {
+                    (AddrClass::Forbidden, _) => {
+                        "link-local, metadata and non-unicast addresses are always refused"
+                    }
+                    (_, Mode::Default { .. }) => {
+                        "loopback and private addresses are refused unless the server listens on loopback"
+                    }
+                    (_, Mode::Explicit { .. }) => "not in outboundAllowList",
+                };
+                return Err(format!("{what}: {why}"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// IPv4 carried in IPv6 (mapped `::ffff:a.b.c.d`, NAT64 `64:ff9b::a.b.c.d`)
+/// is judged as the IPv4 address it reaches.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+                let [.., a, b, c, d] = v6.octets();
+                IpAddr::V4(Ipv4Addr::new(a, b, c, d))
+            } else {
+                ip.to_canonical()
+            }
+        }
+        IpAddr::V4(_) => ip,
+    }
+}
+
+/// Cloud metadata endpoints outside 169.254.0.0/16 (AWS IMDS over IPv6,
+/// Alibaba Cloud): refused like link-local.
+const METADATA_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x0ec2, 0, 0, 0, 0, 0, 0x0254);
+const METADATA_V4: Ipv4Addr = Ipv4Addr::new(100, 100, 100, 200);
+
+fn classify(ip: IpAddr) -> AddrClass {
+    match canonical(ip) {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            // 0.0.0.0/8 "this network": connecting to 0.0.0.0 reaches the local host.
+            let this_network = a == 0;
+            // 100.64.0.0/10, shared address space (carrier-grade NAT).
+            let shared = a == 100 && (b & 0xc0) == 64;
+            if v4.is_link_local() || v4.is_multicast() || v4.is_broadcast() || v4 == METADATA_V4 {
+                AddrClass::Forbidden
+            } else if v4.is_loopback() || v4.is_private() || this_network || shared {
+                AddrClass::Local
+            } else {
+                AddrClass::Public
+            }
+        }
+        IpAddr::V6(v6) => {
+            let first = v6.segments()[0];
+            if (first & 0xffc0) == 0xfe80 || v6.is_multicast() || v6 == METADATA_V6 {
+                AddrClass::Forbidden
+            } else if v6.is_loopback() || v6.is_unspecified() || (first & 0xfe00) == 0xfc00 {
+                AddrClass::Local
+            } else {
+                AddrClass::Public
+            }
+        }
+    }
+}
+
+/// A host name as compared: lower case, without the root's trailing dot.
+fn normalize_host(host: &str) -> String {
+    host.trim_end_matches('.').to_ascii_lowercase()
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum HostPattern {
+    Exact(String),
+    /// `*.example.com` stored as `.example.com`.
+    Subdomains(String),
+}
+
+impl HostPattern {
+    fn parse(entry: &str) -> Result<Self, String> {
+        let (wild, name) = match entry.strip_prefix("*.") {
+            Some(rest) => (true, rest),
+            None => (false, entry),
+        };
+        let name = normalize_host(name);
+        if name.is_empty() || name.len() > 253 {
+            return Err("not a host name".to_owned());
+        }
+        for label in name.split('.') {
+            let ok = !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_');
+            if !ok {
+                return Err(
+                    "expected a host name (`api.example.com`, `*.example.com`), an IP address or a CIDR \
+                     (no scheme, port or path; internationalized names in punycode)"
+                        .to_owned(),
+                );
+            }
+        }
+        Ok(if wild {
+            HostPattern::Subdomains(format!(".{name}"))
+        } else {
+            HostPattern::Exact(name)
+        })
+    }
+
+    /// `host` is already normalized.
+    fn matches(&self, host: &str) -> bool {
+        match self {
+            HostPattern::Exact(name) => host == name,
+            HostPattern::Subdomains(suffix) => host.len() > suffix.len() && host.ends_with(suffix),
+        }
+    }
+}
+
+/// An address block; a single address is a block of one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Cidr {
+    net: IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    /// `None` when the entry does not look like an address at all (then it is
+    /// a host name); `Some(Err)` when it looks like one but is malformed.
+    fn parse(entry: &str) -> Option<Result<Cidr, String>> {
+        let (addr, prefix) = match entry.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (entry, None),
+        };
+        let looks_like_ip =
+            addr.contains(':') || addr.bytes().all(|c| c.is_ascii_digit() || c == b'.');
+        if !looks_like_ip && prefix.is_none() {
+            return None;
+        }
+        let Ok(net) = addr.parse::<IpAddr>() else {
+            return Some(Err(
+                "not a valid IP address or CIDR (no brackets or ports)".to_owned()
+            ));
+        };
+        let max = if net.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => match p.parse::<u8>() {
+                Ok(n) if n <= max && !p.starts_with('+') => n,
+                _ => return Some(Err(format!("prefix length must be 0..={max}"))),
+            },
+        };
+        let cidr = Cidr { net, prefix };
+        if cidr.mask(net) != net {
+            // 10.1.2.3/8 is likely a typo for something narrower: say so rather
+            // than silently allowing all of 10/8.
+            return Some(Err(format!(
+                "host bits set; the network is {}/{prefix}",
+                cidr.mask(net)
+            )));
+        }
+        Some(Ok(cidr))
+    }
+
+    fn mask(&self, ip: IpAddr) -> IpAddr {
+        match ip {
+            IpAddr::V4(v4) => {
+                let m = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                IpAddr::V4(Ipv4Addr::from(u32::from(v4) & m))
+            }
+            IpAddr::V6(v6) => {
+                let m = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                IpAddr::V6(Ipv6Addr::from(u128::from(v6) & m))
+            }
+        }
+    }
+
+    fn contains(&self, ip: IpAddr) -> bool {
+        self.net.is_ipv4() == ip.is_ipv4() && self.mask(ip) == self.net
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Checking resolver
+// ---------------------------------------------------------------------------
+
+/// The resolver refused a name; found again in the request error's source
+/// chain to answer [`OutboundError::Refused`].
+#[derive(Debug)]
+struct RefusedByAllowList(String);
+
+impl fmt::Display for RefusedByAllowList {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl StdError for RefusedByAllowList {}
+
+/// How names are looked up. Tests substitute fixed answers to point a name at
+/// an address (e.g. a metadata address) without real DNS.
+#[derive(Clone)]
+enum Lookup {
+    System,
+    #[cfg(test)]
+    Fixed(Arc<std::collections::HashMap<String, Vec<IpAddr>>>),
+}
+
+impl Lookup {
+    async fn lookup(&self, host: &str) -> std::io::Result<Vec<IpAddr>> {
+        match self {
+            Lookup::System => {
+                let mut ips: Vec<IpAddr> = tokio::net::lookup_host((host, 0))
+                    .await?
+                    .map(|a| a.ip())
+                    .collect();
+                ips.dedup();
+                Ok(ips)
+            }
+            #[cfg(test)]
+            Lookup::Fixed(map) => Ok(map.get(host).cloned().unwrap_or_default()),
+        }
+    }
+}
+
+/// `reqwest`'s resolver: looks the name up, checks every address against the
+/// allow-list, and hands exactly those addresses to the connector.
+struct CheckedResolver {
+    allow: Arc<AllowList>,
+    lookup: Lookup,
+}
+
+impl Resolve for CheckedResolver {
+    fn resolve(&self, name: Name) -> Resolving {
+        let allow = self.allow.clone();
+        let lookup = self.lookup.clone();
+        let host = normalize_host(name.as_str());
+        Box::pin(async move {
+            let ips = lookup.lookup(&host).await?;
+            if ips.is_empty() {
+                return Err(format!("{host}: no addresses").into());
+            }
+            allow.check(Some(&host), &ips).map_err(RefusedByAllowList)?;
+            let addrs: Addrs = Box::new(ips.into_iter().map(|ip| SocketAddr::new(ip, 0)));
+            Ok(addrs)
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------
+// HttpOutbound
+// ---------------------------------------------------------------------------
+
+/// [`Outbound`] over HTTP(S) with `reqwest`, enforcing an [`AllowList`].
+///
+/// One attempt per call (retries are the caller's policy); `Content-Type:
+/// application/json`, `User-Agent: maestro/<version>`; redirects are not
+/// followed (a 3xx is a failure); at most 64 KiB of the answer is read.
+#[derive(Clone)]
+pub struct HttpOutbound {
+    allow: Arc<AllowList>,
+    client: reqwest::Client,
+}
+
+impl fmt::Debug for HttpOutbound {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpOutbound")
+            .field("allow", &self.allow)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HttpOutbound {
+    pub fn new(allow: AllowList) -> Self {
+        Self::with_lookup(allow, Lookup::System)
+    }
+
+    fn with_lookup(allow: AllowList, lookup: Lookup) -> Self {
+        let allow = Arc::new(allow);
+        let client = reqwest::Client::builder()
+            .dns_resolver(CheckedResolver {
+                allow: allow.clone(),
+                lookup,
+            })
+            .redirect(reqwest::redirect::Policy::none())
+            // A proxy would resolve and connect on our behalf, unchecked.
+            .no_proxy()
+            // "One attempt" means one: no transparent protocol-level retries.
+            .retry(reqwest::retry::never())
+            .user_agent(USER_AGENT)
+            .build()
+            // Only fails if the TLS backend cannot initialize, which is a
+            // broken build rather than a runtime condition.
+            .expect("HTTP client with the built-in TLS backend");
+        HttpOutbound { allow, client }
+    }
+
+    /// Parse and vet the URL; IP literals are checked here because the
+    /// connector does not resolve them (host names are checked by the resolver).
+    fn target(&self, url: &str) -> Result<reqwest::Url, OutboundError> {
+        let parsed =
+            reqwest::Url::parse(url).map_err(|e| OutboundError::InvalidUrl(e.to_string()))?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err(OutboundError::InvalidUrl(format!(
+                "scheme {:?} is not allowed (http or https only)",
+                parsed.scheme()
+            )));
+        }
+        if !parsed.username().is_empty() || parsed.password().is_some() {
+            return Err(OutboundError::InvalidUrl(
+                "credentials in the URL are not allowed".to_owned(),
+            ));
+        }
+        let Some(host) = parsed.host_str() else {
+            return Err(OutboundError::InvalidUrl("no host".to_owned()));
+        };
+        let literal = host.strip_prefix('[').and_then(|h| h.strip_suffix(']'));
+        if let Ok(ip) = literal.unwrap_or(host).parse::<IpAddr>() {
+            self.allow
+                .check(None, &[ip])
+                .map_err(OutboundError::Refused)?;
+        }
+        Ok(parsed)
+    }
+
+    async fn send(&self, req: reqwest::RequestBuilder) -> Result<u16, OutboundError> {
+        let mut resp = req.send().await.map_err(send_error)?;
+        let status = resp.status();
+        // Read (a bounded part of) the answer so the connection can be reused
+        // and a failure can say what the receiver said.
+        let mut head = Vec::new();
+        let mut read = 0usize;
+        while read < MAX_RESPONSE_BYTES {
+            match resp.chunk().await {
+                Ok(Some(chunk)) => {
+                    read += chunk.len();
+                    let room = MAX_ERROR_SNIPPET.saturating_sub(head.len());
+                    head.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                }
+                Ok(None) | Err(_) => break,
+            }
+        }
+        if status.is_success() {
+            return Ok(status.as_u16());
+        }
+        let text = String::from_utf8_lossy(&head);
+        let text = text.trim();
+        Err(OutboundError::Failed(if text.is_empty() {
+            format!("answered HTTP {status}")
+        } else {
+            format!("answered HTTP {status}: {text}")
+        }))
+    }
+}
+
+/// Map a `reqwest` error: a refusal by the resolver is `Refused`; the rest is
+/// `Failed` with the cause chain (without the URL, which may carry a token).
+fn send_error(e: reqwest::Error) -> OutboundError {
+    let mut cause: Option<&(dyn StdError + 'static)> = Some(&e);
+    while let Some(c) = cause {
+        if let Some(r) = c.downcast_ref::<RefusedByAllowList>() {
+            return OutboundError::Refused(r.0.clone());
+        }
+        cause = c.source();
+    }
+    if e.is_builder() {
+        return OutboundError::InvalidUrl(e.without_url().to_string());
+    }
+    let e = e.without_url();
+    let mut msg = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !msg.contains(&text) {
+            msg.push_str(": ");
+            msg.push_str(&text);
+        }
+        cause = c.source();
+    }
+    OutboundError::Failed(msg)
+}
+
+#[async_trait]
+impl Outbound for HttpOutbound {
+    async fn post_json(
+        &self,
+        url: &str,
+        body: &Value,
+        headers: &[(String, String)],
+        timeout_ms: u64,
+    ) -> Result<u16, OutboundError> {
+        let target = self.target(url)?;
+        let mut req = self.client.post(target).json(body);
+        for (name, value) in headers {
+            // A header that cannot be sent will never be sendable: not worth a
+            // retry, so it is reported with the other malformed-request error.
+            let name = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| OutboundError::InvalidUrl(format!("invalid header name {name:?}")))?;
+            let value = HeaderValue::from_str(value).map_err(|_| {
+                OutboundError::InvalidUrl(format!("invalid value for header {name}"))
+            })?;
+            req = req.header(name, value);
+        }
+        // One deadline over everything: lookup, connect, answer and body.
+        let limit = Duration::from_millis(timeout_ms);
+        match tokio::time::timeout(limit, self.send(req)).await {
+            Ok(result) => result,
+            Err(_) => Err(OutboundError::Failed(format!(
+                "no answer within {timeout_ms} ms"
+            ))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
