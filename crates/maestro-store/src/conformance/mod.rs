@@ -532,6 +532,8 @@ pub async fn commit_upserts_overwrite(store: &dyn Store) {
     sign.attempts[0] = failed_attempt(1, Some("agent-a"), sign.attempts[0].started_at);
     sign.attempts.push(attempt(2, Some("agent-d"), 2_100_100));
     let sign = sign.clone();
+    // `context.stepOutputs` follows from the step rows.
+    e.derive_step_outputs();
     let mut running = sign.clone();
     running.status = StepStatus::Running;
     running.outputs = None;
