@@ -242,13 +242,19 @@ impl ExecutionState {
     /// The scope of step `i`: its completed ancestors' outputs (nearest first),
     /// then the execution's variables.
     pub fn scope_for(&self, i: usize) -> Scope<'_> {
-        let steps = &self.exec.step_executions.0;
+        self.scope_over(self.plan.scope_ancestors(i).iter().copied())
+    }
+
+    /// A scope whose layers are the outputs of `steps` (highest priority first)
+    /// over the execution's variables; only those steps are visible as `steps.X`.
+    fn scope_over(&self, steps: impl Iterator<Item = usize>) -> Scope<'_> {
+        let all = &self.exec.step_executions.0;
         let mut layers = Vec::new();
         let mut visible = Vec::new();
-        for &a in self.plan.scope_ancestors(i) {
-            if let Some(out) = steps[a].outputs.as_ref() {
+        for a in steps {
+            if let Some(out) = all[a].outputs.as_ref() {
                 layers.push(out);
-                visible.push((steps[a].step_id.as_str(), out));
+                visible.push((all[a].step_id.as_str(), out));
             }
         }
         layers.push(&self.exec.context.variables);
@@ -275,21 +281,6 @@ impl ExecutionState {
     /// The final scope (for `result`): every completed step, later in topological
     /// order winning, over the execution's variables.
     pub(super) fn final_scope(&self) -> Scope<'_> {
-        let steps = &self.exec.step_executions.0;
-        let mut layers = Vec::new();
-        let mut visible = Vec::new();
-        for &i in self.plan.topo_order().iter().rev() {
-            if let Some(out) = steps[i].outputs.as_ref() {
-                layers.push(out);
-                visible.push((steps[i].step_id.as_str(), out));
-            }
-        }
-        layers.push(&self.exec.context.variables);
-        Scope {
-            layers,
-            steps: visible,
-            execution_id: &self.exec.id,
-            correlation_id: &self.exec.context.correlation_id,
-        }
+        self.scope_over(self.plan.topo_order().iter().rev().copied())
     }
 }
