@@ -241,6 +241,18 @@ impl Turn {
     }
 }
 
+/// A turn whose batch is being committed: what to do once it is durable.
+struct Pending {
+    actions: Vec<(String, Action)>,
+    appends: Vec<(usize, oneshot::Sender<Result<Vec<ChoreographyEvent>>>)>,
+    execute_replies: Vec<(oneshot::Sender<Result<Executed>>, Result<Executed>)>,
+    control_replies: Vec<(oneshot::Sender<Result<WorkflowExecution>>, Result<WorkflowExecution>)>,
+    finished: Vec<String>,
+    n_exec_events: usize,
+}
+
+type CommitTask = tokio::task::JoinHandle<Result<Vec<ChoreographyEvent>>>;
+
 struct LoopEnv<'a> {
     now: Timestamp,
     config: &'a MaestroConfig,
@@ -334,10 +346,16 @@ impl Executor {
         self.stats.ready.store(true, Ordering::SeqCst);
         let mut draining_until: Option<tokio::time::Instant> = None;
         let mut buf = Vec::with_capacity(256);
+        // Pipelining: while one batch is being committed, inputs keep being applied
+        // into the next turn (engine CPU overlaps the store's); batches are still
+        // committed, and acted on, strictly one after the other.
+        let mut turn = Turn::default();
+        let mut inflight: Option<(CommitTask, Pending)> = None;
         loop {
             let next_timer = self.timers.next_at().map(crate::clock::instant_at);
             let drain_tick = draining_until
                 .map(|d| d.min(tokio::time::Instant::now() + std::time::Duration::from_millis(20)));
+            let mut committed = None;
             tokio::select! {
                 biased;
                 _ = cancel.cancelled(), if draining_until.is_none() => {
@@ -347,13 +365,22 @@ impl Executor {
                     self.draining = true;
                     tracing::info!(in_flight = self.calls.len(), "executor draining");
                 }
+                r = commit_done(&mut inflight) => committed = Some(r),
                 n = self.rx.recv_many(&mut buf, MAX_INPUTS_PER_TURN) => {
                     if n == 0 { break; }
                 }
                 _ = sleep_opt(next_timer) => {}
                 _ = sleep_opt(drain_tick) => {}
             }
-            let mut turn = Turn::default();
+            if let Some(r) = committed {
+                let (_, pending) = inflight.take().expect("a commit was in flight");
+                if let Err(e) = self.complete(pending, r) {
+                    tracing::error!(error = %e, "commit failed; the executor stops (state resumes from the store at restart)");
+                    self.stats.failed.store(true, Ordering::SeqCst);
+                    self.stats.ready.store(false, Ordering::SeqCst);
+                    return;
+                }
+            }
             let now = now_ms();
             let config = self.opts.config.get();
             for msg in buf.drain(..) {
@@ -365,15 +392,22 @@ impl Executor {
             if draining_until.is_none() {
                 self.fill_slots(&mut turn, now, &config);
             }
-            if !turn.is_empty()
-                && let Err(e) = self.commit_and_perform(turn).await
-            {
-                tracing::error!(error = %e, "commit failed; the executor stops (state resumes from the store at restart)");
-                self.stats.failed.store(true, Ordering::SeqCst);
-                self.stats.ready.store(false, Ordering::SeqCst);
-                return;
+            if inflight.is_none() && !turn.is_empty() {
+                let (batch, pending) = self.prepare(std::mem::take(&mut turn));
+                if batch.is_empty() {
+                    if let Err(e) = self.complete(pending, Ok(Vec::new())) {
+                        tracing::error!(error = %e, "executor stops");
+                        return;
+                    }
+                } else {
+                    let store = self.opts.store.clone();
+                    let task = tokio::spawn(async move { store.commit(batch).await });
+                    inflight = Some((task, pending));
+                }
             }
             if let Some(until) = draining_until
+                && inflight.is_none()
+                && turn.is_empty()
                 && (self.calls.is_empty() || tokio::time::Instant::now() >= until)
             {
                 tracing::info!(abandoned = self.calls.len(), "executor stopped");
@@ -596,74 +630,89 @@ impl Executor {
             .store(self.queue.len() as u64, Ordering::Relaxed);
     }
 
-    async fn commit_and_perform(&mut self, mut turn: Turn) -> Result<()> {
+    /// Take the rows of everything the turn touched and the events it published:
+    /// the batch to commit, and what to do once it is committed. Answers are
+    /// snapshotted now, so they show exactly what this batch makes durable.
+    fn prepare(&mut self, mut turn: Turn) -> (Batch, Pending) {
         let mut batch = Batch::default();
         for id in &turn.touched {
             if let Some(live) = self.live.get_mut(id) {
                 rows(&mut live.state, &live.tags, &mut batch);
             }
         }
-        let mut publish_slots = Vec::new();
-        for (i, (_, a)) in turn.actions.iter().enumerate() {
+        for (_, a) in &turn.actions {
             if let Action::Publish(e) = a {
                 batch.events.push(e.clone());
-                publish_slots.push(i);
             }
         }
         let n_exec_events = batch.events.len();
         batch.events.extend(std::mem::take(&mut turn.append_events));
         batch.idempotency_keys = std::mem::take(&mut turn.idempotency);
-        let committed = if batch.is_empty() {
-            Vec::new()
-        } else {
-            match self.opts.store.commit(batch).await {
-                Ok(ev) => ev,
-                Err(e) => {
-                    let msg = e.to_string();
-                    for (_, r) in turn.appends {
-                        let _ = r.send(Err(Error::store(msg.clone())));
-                    }
-                    for (_, r) in turn.execute_replies {
-                        let _ = r.send(Err(Error::store(msg.clone())));
-                    }
-                    for (_, r) in turn.control_replies {
-                        let _ = r.send(Err(Error::store(msg.clone())));
-                    }
-                    return Err(e);
+        let snapshot = |live: &HashMap<String, Live>, id: &str| {
+            live.get(id)
+                .map(|l| l.state.execution().clone())
+                .ok_or_else(|| Error::not_found("execution", id))
+        };
+        let execute_replies = turn
+            .execute_replies
+            .into_iter()
+            .map(|(id, r)| (r, snapshot(&self.live, &id).map(Executed::Created)))
+            .collect();
+        let control_replies = turn
+            .control_replies
+            .into_iter()
+            .map(|(id, r)| (r, snapshot(&self.live, &id)))
+            .collect();
+        let pending = Pending {
+            actions: turn.actions,
+            appends: turn.appends,
+            execute_replies,
+            control_replies,
+            finished: turn.finished,
+            n_exec_events,
+        };
+        (batch, pending)
+    }
+
+    /// The batch of `pending` was committed (or not): publish in seq order,
+    /// answer, then act.
+    fn complete(&mut self, pending: Pending, committed: Result<Vec<ChoreographyEvent>>) -> Result<()> {
+        let committed = match committed {
+            Ok(ev) => ev,
+            Err(e) => {
+                let msg = e.to_string();
+                for (_, r) in pending.appends {
+                    let _ = r.send(Err(Error::store(msg.clone())));
                 }
+                for (r, _) in pending.execute_replies {
+                    let _ = r.send(Err(Error::store(msg.clone())));
+                }
+                for (r, _) in pending.control_replies {
+                    let _ = r.send(Err(Error::store(msg.clone())));
+                }
+                return Err(e);
             }
         };
         self.stats.commits.fetch_add(1, Ordering::Relaxed);
-        // Durable now: publish in seq order, then answer, then act.
         for e in &committed {
             self.opts.bus.publish(e.clone());
         }
-        let mut rest = committed.into_iter().skip(n_exec_events);
-        for (n, reply) in turn.appends {
+        let mut rest = committed.into_iter().skip(pending.n_exec_events);
+        for (n, reply) in pending.appends {
             let evs: Vec<_> = rest.by_ref().take(n).collect();
             let _ = reply.send(Ok(evs));
         }
-        for (id, reply) in turn.execute_replies {
-            let r = match self.live.get(&id) {
-                Some(l) => Ok(Executed::Created(l.state.execution().clone())),
-                None => Err(Error::not_found("execution", id)),
-            };
+        for (reply, r) in pending.execute_replies {
             let _ = reply.send(r);
         }
-        for (id, reply) in turn.control_replies {
-            let r = match self.live.get(&id) {
-                Some(l) => Ok(l.state.execution().clone()),
-                None => Err(Error::not_found("execution", id)),
-            };
+        for (reply, r) in pending.control_replies {
             let _ = reply.send(r);
         }
-        for (exec_id, action) in turn.actions {
+        for (exec_id, action) in pending.actions {
             self.perform(&exec_id, action);
         }
-        for id in turn.finished {
-            if let Some(live) = self.live.remove(&id) {
-                drop(live);
-            }
+        for id in pending.finished {
+            self.live.remove(&id);
             if let Some(ws) = self.waiters.remove(&id) {
                 for w in ws {
                     let _ = w.send(());
@@ -677,6 +726,17 @@ impl Executor {
             .queued
             .store(self.queue.len() as u64, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Commit a turn and act on it before returning (used at start).
+    async fn commit_now(&mut self, turn: Turn) -> Result<()> {
+        let (batch, pending) = self.prepare(turn);
+        let committed = if batch.is_empty() {
+            Ok(Vec::new())
+        } else {
+            self.opts.store.commit(batch).await
+        };
+        self.complete(pending, committed)
     }
 
     fn perform(&mut self, exec_id: &str, action: Action) {
@@ -765,7 +825,18 @@ impl Executor {
             "resumed unfinished executions"
         );
         self.fill_slots(&mut turn, now, &config);
-        self.commit_and_perform(turn).await
+        self.commit_now(turn).await
+    }
+}
+
+/// Resolves when the commit in flight (if any) is done.
+async fn commit_done(inflight: &mut Option<(CommitTask, Pending)>) -> Result<Vec<ChoreographyEvent>> {
+    match inflight {
+        Some((task, _)) => match task.await {
+            Ok(r) => r,
+            Err(e) => Err(Error::store(format!("commit task failed: {e}"))),
+        },
+        None => std::future::pending().await,
     }
 }
 
