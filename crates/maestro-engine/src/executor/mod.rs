@@ -246,7 +246,10 @@ struct Pending {
     actions: Vec<(String, Action)>,
     appends: Vec<(usize, oneshot::Sender<Result<Vec<ChoreographyEvent>>>)>,
     execute_replies: Vec<(oneshot::Sender<Result<Executed>>, Result<Executed>)>,
-    control_replies: Vec<(oneshot::Sender<Result<WorkflowExecution>>, Result<WorkflowExecution>)>,
+    control_replies: Vec<(
+        oneshot::Sender<Result<WorkflowExecution>>,
+        Result<WorkflowExecution>,
+    )>,
     finished: Vec<String>,
     n_exec_events: usize,
 }
@@ -676,7 +679,11 @@ impl Executor {
 
     /// The batch of `pending` was committed (or not): publish in seq order,
     /// answer, then act.
-    fn complete(&mut self, pending: Pending, committed: Result<Vec<ChoreographyEvent>>) -> Result<()> {
+    fn complete(
+        &mut self,
+        pending: Pending,
+        committed: Result<Vec<ChoreographyEvent>>,
+    ) -> Result<()> {
         let committed = match committed {
             Ok(ev) => ev,
             Err(e) => {
@@ -830,7 +837,9 @@ impl Executor {
 }
 
 /// Resolves when the commit in flight (if any) is done.
-async fn commit_done(inflight: &mut Option<(CommitTask, Pending)>) -> Result<Vec<ChoreographyEvent>> {
+async fn commit_done(
+    inflight: &mut Option<(CommitTask, Pending)>,
+) -> Result<Vec<ChoreographyEvent>> {
     match inflight {
         Some((task, _)) => match task.await {
             Ok(r) => r,

@@ -3,4 +3,5 @@
 mod crash;
 mod executor;
 mod facade;
+mod health;
 pub mod support;
