@@ -250,6 +250,143 @@ pub trait ConfigStore: Send + Sync {
     async fn save_config(&self, config: &Value) -> Result<()>;
 }
 
+/// Where a poll task is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskStatus {
+    Queued,
+    Leased,
+    Completed,
+    Failed,
+    Expired,
+    Cancelled,
+}
+
+impl TaskStatus {
+    pub const ALL: [TaskStatus; 6] = [
+        TaskStatus::Queued,
+        TaskStatus::Leased,
+        TaskStatus::Completed,
+        TaskStatus::Failed,
+        TaskStatus::Expired,
+        TaskStatus::Cancelled,
+    ];
+
+    /// The serialized name (`queued`, `leased`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskStatus::Queued => "queued",
+            TaskStatus::Leased => "leased",
+            TaskStatus::Completed => "completed",
+            TaskStatus::Failed => "failed",
+            TaskStatus::Expired => "expired",
+            TaskStatus::Cancelled => "cancelled",
+        }
+    }
+
+    /// Parse [`as_str`](Self::as_str)'s names.
+    pub fn parse(s: &str) -> Option<TaskStatus> {
+        TaskStatus::ALL.into_iter().find(|t| t.as_str() == s)
+    }
+
+    /// Completed, Failed, Expired or Cancelled: the task changes no more.
+    pub fn is_finished(self) -> bool {
+        !matches!(self, TaskStatus::Queued | TaskStatus::Leased)
+    }
+}
+
+/// A poll task: one call waiting for (or held by) a `transport: poll` agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskRecord {
+    pub task_id: String,
+    pub agent_id: String,
+    pub capability: String,
+    pub execution_id: String,
+    pub step_id: String,
+    pub attempt: u32,
+    pub compensation: bool,
+    /// The push body of API.md "Agent protocol" (what `tasks/poll` hands out).
+    pub body: Value,
+    pub status: TaskStatus,
+    pub lease_expires_at: Option<Timestamp>,
+    /// Outputs or error of a finished task.
+    pub result: Option<Value>,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+/// The durable queue of poll tasks (API.md "Agent protocol", pull transport).
+///
+/// Life of a task: Queued → Leased → Completed | Failed | Expired, and Queued or
+/// Leased → Cancelled. Every transition sets `updated_at` to the given `now`.
+/// Lists of tasks are answered oldest first (`created_at`, then `task_id`).
+/// Only the status decides: a lease past its deadline that `expire_leases` has
+/// not swept yet can still be extended or finished (the sweep and the finish
+/// race on the row; exactly one wins).
+#[async_trait]
+pub trait TaskStore: Send + Sync {
+    /// `Error::AlreadyExists` on a duplicate task id.
+    async fn enqueue_task(&self, task: &TaskRecord) -> Result<()>;
+    /// Atomically lease up to `max` queued tasks of `agent_id` (oldest first; only the
+    /// given capabilities when not empty): status Leased, lease_expires_at = now + lease_ms.
+    /// Two concurrent callers never get the same task.
+    async fn lease_tasks(
+        &self,
+        agent_id: &str,
+        capabilities: &[String],
+        max: usize,
+        now: Timestamp,
+        lease_ms: u64,
+    ) -> Result<Vec<TaskRecord>>;
+    async fn get_task(&self, task_id: &str) -> Result<Option<TaskRecord>>;
+    /// Extend a leased task's lease (only while Leased by that agent); `false` otherwise.
+    async fn extend_lease(
+        &self,
+        task_id: &str,
+        agent_id: &str,
+        until: Timestamp,
+        now: Timestamp,
+    ) -> Result<bool>;
+    /// Leased → Completed/Failed with its result; `false` if it was not Leased (finished, expired...).
+    /// `Error::InvalidState` when `status` is neither Completed nor Failed.
+    async fn finish_task(
+        &self,
+        task_id: &str,
+        status: TaskStatus,
+        result: Option<Value>,
+        now: Timestamp,
+    ) -> Result<bool>;
+    /// Every Leased task whose lease ended before `now` becomes Expired; returned.
+    async fn expire_leases(&self, now: Timestamp) -> Result<Vec<TaskRecord>>;
+    /// Queued or Leased tasks of the agent become Cancelled (agent deregistered); returned.
+    async fn cancel_agent_tasks(&self, agent_id: &str, now: Timestamp) -> Result<Vec<TaskRecord>>;
+    /// Finished tasks (Completed/Failed/Expired/Cancelled) updated before `before` are deleted; the count.
+    async fn purge_tasks(&self, before: Timestamp) -> Result<u64>;
+}
+
+/// Execution ownership in a cluster (DESIGN.md "Scale-out"): one lease row per
+/// execution. A lease whose `expires_at` is before `now` has lapsed and may be
+/// taken over; `expires_at = now + ttl_ms`.
+#[async_trait]
+pub trait LeaseStore: Send + Sync {
+    /// Take (or renew) the lease of an execution for `node_id` when it is free, expired,
+    /// or already held by `node_id`; `true` when `node_id` holds it afterwards.
+    async fn acquire_lease(
+        &self,
+        execution_id: &str,
+        node_id: &str,
+        now: Timestamp,
+        ttl_ms: u64,
+    ) -> Result<bool>;
+    /// Renew every lease held by `node_id`; the number renewed.
+    async fn renew_leases(&self, node_id: &str, now: Timestamp, ttl_ms: u64) -> Result<u64>;
+    /// `true` if `node_id` held it.
+    async fn release_lease(&self, execution_id: &str, node_id: &str) -> Result<bool>;
+    /// Execution ids whose lease expired before `now` (oldest first, at most `limit`).
+    async fn expired_leases(&self, now: Timestamp, limit: usize) -> Result<Vec<String>>;
+}
+
 /// The whole persistence port.
 pub trait Store:
     AgentStore
@@ -259,6 +396,8 @@ pub trait Store:
     + TokenStore
     + SubscriptionStore
     + ConfigStore
+    + TaskStore
+    + LeaseStore
 {
 }
 
@@ -270,6 +409,8 @@ impl<T> Store for T where
         + TokenStore
         + SubscriptionStore
         + ConfigStore
+        + TaskStore
+        + LeaseStore
 {
 }
 
@@ -379,4 +520,23 @@ pub trait Outbound: Send + Sync {
         headers: &[(String, String)],
         timeout_ms: u64,
     ) -> std::result::Result<u16, OutboundError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn task_status_names_match_serde() {
+        for status in TaskStatus::ALL {
+            assert_eq!(
+                serde_json::to_value(status).unwrap(),
+                Value::String(status.as_str().to_owned())
+            );
+            assert_eq!(TaskStatus::parse(status.as_str()), Some(status));
+        }
+        assert_eq!(TaskStatus::parse("nope"), None);
+        assert!(!TaskStatus::Leased.is_finished());
+        assert!(TaskStatus::Expired.is_finished());
+    }
 }

@@ -29,6 +29,10 @@
 //! - `execution_stats().by_status` lists every status, in `ExecutionStatus::ALL`
 //!   order, zeros included.
 //! - Timestamps past `i64::MAX` ms are stored as `i64::MAX` by the SQL backends.
+//! - Poll tasks are leased, and returned by the multi-task calls, oldest first
+//!   (`created_at`, then `task_id`). A task lease, or an execution lease, ending
+//!   exactly at `now` has not lapsed yet (`expires_at < now` has). Expired,
+//!   finished and cancelled tasks keep their last `lease_expires_at`.
 //!
 //! ```
 //! use maestro_core::model::{EventFilter, EventType, NewEvent};
@@ -68,3 +72,17 @@ pub use error::{Error, Result};
 pub use memory::MemoryStore;
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStore;
+
+/// `finish_task` moves a task to Completed or Failed only (both backends).
+pub(crate) fn check_finish_status(
+    status: maestro_core::ports::TaskStatus,
+) -> maestro_core::Result<()> {
+    use maestro_core::ports::TaskStatus;
+    match status {
+        TaskStatus::Completed | TaskStatus::Failed => Ok(()),
+        other => Err(maestro_core::Error::InvalidState(format!(
+            "a task can only be finished as completed or failed, not {}",
+            other.as_str()
+        ))),
+    }
+}

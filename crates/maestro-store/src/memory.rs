@@ -13,8 +13,8 @@ use maestro_core::model::{
 };
 use maestro_core::ports::{
     AgentStore, Batch, ConfigStore, EventOrder, EventStore, ExecutionHeader, ExecutionQuery,
-    ExecutionStats, ExecutionStore, IdempotencyRecord, Page, SubscriptionRecord, SubscriptionStore,
-    TokenRecord, TokenStore, WorkflowStore,
+    ExecutionStats, ExecutionStore, IdempotencyRecord, LeaseStore, Page, SubscriptionRecord,
+    SubscriptionStore, TaskRecord, TaskStatus, TaskStore, TokenRecord, TokenStore, WorkflowStore,
 };
 use serde_json::Value;
 
@@ -59,6 +59,9 @@ struct State {
     tokens: BTreeMap<String, TokenRecord>,
     subscriptions: BTreeMap<String, SubscriptionRecord>,
     config: Option<Value>,
+    tasks: BTreeMap<String, TaskRecord>,
+    /// execution id → (node id, expires at).
+    leases: BTreeMap<String, (String, Timestamp)>,
 }
 
 struct WorkflowEntry {
@@ -533,5 +536,220 @@ impl ConfigStore for MemoryStore {
     async fn save_config(&self, config: &Value) -> Result<()> {
         self.lock().config = Some(config.clone());
         Ok(())
+    }
+}
+
+/// Oldest first: `created_at`, then `task_id`.
+fn sort_tasks(tasks: &mut [TaskRecord]) {
+    tasks.sort_by(|a, b| (a.created_at, &a.task_id).cmp(&(b.created_at, &b.task_id)));
+}
+
+impl State {
+    /// Apply `change` to every task matching `pick`; the changed tasks, oldest first.
+    fn update_tasks(
+        &mut self,
+        pick: impl Fn(&TaskRecord) -> bool,
+        change: impl Fn(&mut TaskRecord),
+    ) -> Vec<TaskRecord> {
+        let mut changed: Vec<TaskRecord> = self
+            .tasks
+            .values_mut()
+            .filter(|t| pick(t))
+            .map(|t| {
+                change(t);
+                t.clone()
+            })
+            .collect();
+        sort_tasks(&mut changed);
+        changed
+    }
+}
+
+#[async_trait]
+impl TaskStore for MemoryStore {
+    async fn enqueue_task(&self, task: &TaskRecord) -> Result<()> {
+        let mut state = self.lock();
+        if state.tasks.contains_key(&task.task_id) {
+            return Err(maestro_core::Error::already_exists(
+                "task",
+                task.task_id.clone(),
+            ));
+        }
+        state.tasks.insert(task.task_id.clone(), task.clone());
+        Ok(())
+    }
+
+    async fn lease_tasks(
+        &self,
+        agent_id: &str,
+        capabilities: &[String],
+        max: usize,
+        now: Timestamp,
+        lease_ms: u64,
+    ) -> Result<Vec<TaskRecord>> {
+        let mut state = self.lock();
+        let mut queued: Vec<&TaskRecord> = state
+            .tasks
+            .values()
+            .filter(|t| {
+                t.agent_id == agent_id
+                    && t.status == TaskStatus::Queued
+                    && (capabilities.is_empty() || capabilities.contains(&t.capability))
+            })
+            .collect();
+        queued.sort_by(|a, b| (a.created_at, &a.task_id).cmp(&(b.created_at, &b.task_id)));
+        let ids: Vec<String> = queued
+            .into_iter()
+            .take(max)
+            .map(|t| t.task_id.clone())
+            .collect();
+        let until = now.saturating_add(lease_ms);
+        let mut leased = Vec::with_capacity(ids.len());
+        for id in &ids {
+            if let Some(t) = state.tasks.get_mut(id) {
+                t.status = TaskStatus::Leased;
+                t.lease_expires_at = Some(until);
+                t.updated_at = now;
+                leased.push(t.clone());
+            }
+        }
+        Ok(leased)
+    }
+
+    async fn get_task(&self, task_id: &str) -> Result<Option<TaskRecord>> {
+        Ok(self.lock().tasks.get(task_id).cloned())
+    }
+
+    async fn extend_lease(
+        &self,
+        task_id: &str,
+        agent_id: &str,
+        until: Timestamp,
+        now: Timestamp,
+    ) -> Result<bool> {
+        match self.lock().tasks.get_mut(task_id) {
+            Some(t) if t.agent_id == agent_id && t.status == TaskStatus::Leased => {
+                t.lease_expires_at = Some(until);
+                t.updated_at = now;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn finish_task(
+        &self,
+        task_id: &str,
+        status: TaskStatus,
+        result: Option<Value>,
+        now: Timestamp,
+    ) -> Result<bool> {
+        crate::check_finish_status(status)?;
+        match self.lock().tasks.get_mut(task_id) {
+            Some(t) if t.status == TaskStatus::Leased => {
+                t.status = status;
+                t.result = result;
+                t.updated_at = now;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn expire_leases(&self, now: Timestamp) -> Result<Vec<TaskRecord>> {
+        Ok(self.lock().update_tasks(
+            |t| t.status == TaskStatus::Leased && t.lease_expires_at.is_some_and(|at| at < now),
+            |t| {
+                t.status = TaskStatus::Expired;
+                t.updated_at = now;
+            },
+        ))
+    }
+
+    async fn cancel_agent_tasks(&self, agent_id: &str, now: Timestamp) -> Result<Vec<TaskRecord>> {
+        Ok(self.lock().update_tasks(
+            |t| t.agent_id == agent_id && !t.status.is_finished(),
+            |t| {
+                t.status = TaskStatus::Cancelled;
+                t.updated_at = now;
+            },
+        ))
+    }
+
+    async fn purge_tasks(&self, before: Timestamp) -> Result<u64> {
+        let mut state = self.lock();
+        let n = state.tasks.len();
+        state
+            .tasks
+            .retain(|_, t| !(t.status.is_finished() && t.updated_at < before));
+        Ok((n - state.tasks.len()) as u64)
+    }
+}
+
+#[async_trait]
+impl LeaseStore for MemoryStore {
+    async fn acquire_lease(
+        &self,
+        execution_id: &str,
+        node_id: &str,
+        now: Timestamp,
+        ttl_ms: u64,
+    ) -> Result<bool> {
+        let mut state = self.lock();
+        let until = now.saturating_add(ttl_ms);
+        match state.leases.get_mut(execution_id) {
+            Some((holder, expires_at)) if holder != node_id && *expires_at >= now => Ok(false),
+            Some(lease) => {
+                *lease = (node_id.to_owned(), until);
+                Ok(true)
+            }
+            None => {
+                state
+                    .leases
+                    .insert(execution_id.to_owned(), (node_id.to_owned(), until));
+                Ok(true)
+            }
+        }
+    }
+
+    async fn renew_leases(&self, node_id: &str, now: Timestamp, ttl_ms: u64) -> Result<u64> {
+        let until = now.saturating_add(ttl_ms);
+        let mut n = 0;
+        for (holder, expires_at) in self.lock().leases.values_mut() {
+            if holder == node_id {
+                *expires_at = until;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    async fn release_lease(&self, execution_id: &str, node_id: &str) -> Result<bool> {
+        let mut state = self.lock();
+        if state
+            .leases
+            .get(execution_id)
+            .is_some_and(|(holder, _)| holder == node_id)
+        {
+            state.leases.remove(execution_id);
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    async fn expired_leases(&self, now: Timestamp, limit: usize) -> Result<Vec<String>> {
+        let state = self.lock();
+        let mut expired: Vec<(Timestamp, &String)> = state
+            .leases
+            .iter()
+            .filter(|(_, (_, expires_at))| *expires_at < now)
+            .map(|(id, (_, expires_at))| (*expires_at, id))
+            .collect();
+        expired.sort();
+        Ok(expired
+            .into_iter()
+            .take(limit)
+            .map(|(_, id)| id.clone())
+            .collect())
     }
 }

@@ -64,6 +64,9 @@ checks!(
     subscriptions,
     config,
     concurrent_commits,
+    tasks,
+    leases,
+    concurrent_leases,
     run_all,
 );
 
@@ -81,11 +84,25 @@ async fn sqlite_concurrent_commits_from_threads() {
     store.close().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn memory_concurrent_leases_from_threads() {
+    conformance::concurrent_leases_spawned(Arc::new(MemoryStore::new())).await;
+}
+
+#[cfg(feature = "sqlite")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_concurrent_leases_from_threads() {
+    let dir = TempDir::new().unwrap();
+    let store = Arc::new(sqlite(&dir).await);
+    conformance::concurrent_leases_spawned(store.clone()).await;
+    store.close().await;
+}
+
 #[cfg(feature = "sqlite")]
 mod durable {
     use std::path::Path;
 
-    use maestro_core::ports::{EventStore, Store};
+    use maestro_core::ports::{EventStore, LeaseStore, Store};
 
     use super::*;
 
@@ -104,6 +121,9 @@ mod durable {
         config: Option<serde_json::Value>,
         pinned_revision: Option<maestro_core::model::Workflow>,
         idempotency: Option<maestro_core::ports::IdempotencyRecord>,
+        queued_task: Option<maestro_core::ports::TaskRecord>,
+        leased_task: Option<maestro_core::ports::TaskRecord>,
+        lapsed_leases: Vec<String>,
     }
 
     async fn snapshot(store: &dyn Store) -> Snapshot {
@@ -138,6 +158,9 @@ mod durable {
                 .get_idempotency_key("conf-idem-wf", "key-1")
                 .await
                 .unwrap(),
+            queued_task: store.get_task("conf-task-g").await.unwrap(),
+            leased_task: store.get_task("conf-conc-lease-agent-042").await.unwrap(),
+            lapsed_leases: store.expired_leases(u64::MAX, 100).await.unwrap(),
         }
     }
 
@@ -169,7 +192,15 @@ mod durable {
         let path = dir.path().join("nested").join("maestro.db");
         let store = SqliteStore::open(&path).await.unwrap();
         conformance::run_all(&store).await;
+        assert!(
+            store
+                .acquire_lease("conf-durable-lease", "node-1", 1_000, 10)
+                .await
+                .unwrap()
+        );
         let before = snapshot(&store).await;
+        assert!(before.queued_task.is_some() && before.leased_task.is_some());
+        assert_eq!(before.lapsed_leases, vec!["conf-durable-lease"]);
         store.close().await;
         assert_restart_keeps(&path, &before).await;
     }

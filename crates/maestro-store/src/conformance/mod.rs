@@ -15,6 +15,7 @@
 //! ```
 
 mod fixtures;
+mod queue;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -31,6 +32,7 @@ use maestro_core::ports::{
 use serde_json::json;
 
 use fixtures::*;
+pub use queue::{concurrent_leases, concurrent_leases_spawned, leases, tasks};
 
 /// Run every check on `store` (see the module doc for what it expects).
 pub async fn run_all(store: &dyn Store) {
@@ -51,7 +53,10 @@ pub async fn run_all(store: &dyn Store) {
     tokens(store).await;
     subscriptions(store).await;
     config(store).await;
+    tasks(store).await;
+    leases(store).await;
     concurrent_commits(store).await;
+    concurrent_leases(store).await;
 }
 
 fn is_already_exists(e: &Error) -> bool {

@@ -19,6 +19,7 @@ mod events;
 mod executions;
 mod registry;
 mod settings;
+mod tasks;
 mod write;
 
 use std::path::Path;
