@@ -1,6 +1,6 @@
 //! The execution state machine: `apply(state, input, env) -> Vec<Action>`.
 //!
-//! [`ExecutionState`] is one execution (the API-visible [`WorkflowExecution`] plus
+//! [`ExecutionState`] is one execution (the API-visible [`WorkflowExecution`](crate::model::WorkflowExecution) plus
 //! its pinned workflow and plan). [`ExecutionState::apply`] takes one [`Input`]
 //! (an agent answered, a timer fired, an operator cancelled...) and returns the
 //! [`Action`]s the executor must perform *after* it has committed the state
