@@ -18,7 +18,14 @@ pub struct Catalog {
     store: Arc<dyn Store>,
     limits: Limits,
     cache: Arc<Mutex<HashMap<(String, u64), Compiled>>>,
+    /// Latest revision per workflow id, as read at a given instant: saves a store
+    /// read per execute. Changes made through this process invalidate it at once;
+    /// changes made by another process (a cluster) are seen within `LATEST_TTL`.
+    latest: Arc<Mutex<HashMap<String, (Compiled, std::time::Instant)>>>,
 }
+
+/// How long a cached "latest revision" is trusted.
+const LATEST_TTL: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl std::fmt::Debug for Catalog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -35,6 +42,7 @@ impl Catalog {
             store,
             limits,
             cache: Arc::default(),
+            latest: Arc::default(),
         }
     }
 
@@ -62,7 +70,10 @@ impl Catalog {
         for revision in 1..=10_000u64 {
             wf.revision = revision;
             match self.store.insert_workflow_revision(&wf).await {
-                Ok(()) => return Ok(wf),
+                Ok(()) => {
+                    self.forget_latest(&wf.id);
+                    return Ok(wf);
+                }
                 Err(Error::AlreadyExists { .. }) => {
                     // A live workflow of that id appeared meanwhile: a real duplicate.
                     if self.store.get_workflow(&wf.id, None).await?.is_some() {
@@ -108,7 +119,10 @@ impl Catalog {
         wf.created_by = current.created_by.clone();
         wf.updated_at = now;
         match self.store.insert_workflow_revision(&wf).await {
-            Ok(()) => Ok(wf),
+            Ok(()) => {
+                self.forget_latest(id);
+                Ok(wf)
+            }
             Err(Error::AlreadyExists { .. }) => Err(Error::InvalidState(format!(
                 "workflow {id:?} was updated concurrently; read it again and retry"
             ))),
@@ -130,15 +144,34 @@ impl Catalog {
     }
 
     pub async fn delete(&self, id: &str) -> Result<bool> {
-        self.store.delete_workflow(id).await
+        let deleted = self.store.delete_workflow(id).await;
+        self.forget_latest(id);
+        deleted
     }
 
     /// The latest revision, compiled.
     pub async fn latest(&self, id: &str) -> Result<Option<Compiled>> {
+        if let Some((c, at)) = self.latest.lock().expect("catalog lock").get(id)
+            && at.elapsed() < LATEST_TTL
+        {
+            return Ok(Some(c.clone()));
+        }
         match self.store.get_workflow(id, None).await? {
-            Some(wf) => self.compile(wf).map(Some),
+            Some(wf) => {
+                let c = self.compile(wf)?;
+                let mut latest = self.latest.lock().expect("catalog lock");
+                if latest.len() > 10_000 {
+                    latest.clear();
+                }
+                latest.insert(id.to_owned(), (c.clone(), std::time::Instant::now()));
+                Ok(Some(c))
+            }
             None => Ok(None),
         }
+    }
+
+    fn forget_latest(&self, id: &str) {
+        self.latest.lock().expect("catalog lock").remove(id);
     }
 
     /// A given revision (deleted workflows included: executions pinned them), compiled.

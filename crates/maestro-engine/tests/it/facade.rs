@@ -310,3 +310,34 @@ async fn graceful_restart_resumes_unfinished_executions() {
     }
     m.shutdown().await;
 }
+
+#[tokio::test]
+async fn executions_pin_the_latest_revision_right_after_an_update() {
+    let m = maestro().await;
+    let calls = Calls::default();
+    echo_agent(&m, "a", &["op"], &calls).await;
+    m.define_workflow(
+        workflow(json!({"id": "w", "name": "n", "steps": [{"id": "s", "capability": "op"}]})),
+        "t",
+    )
+    .await
+    .unwrap();
+    let first = run(&m, "w", json!({})).await;
+    assert_eq!(first.revision, 1);
+    m.update_workflow("w", &json!({"steps": [{"id": "s2", "capability": "op"}]}))
+        .await
+        .unwrap();
+    let second = run(&m, "w", json!({})).await;
+    assert_eq!(
+        second.revision, 2,
+        "the cached latest revision was invalidated"
+    );
+    assert!(second.step_executions.get("s2").is_some());
+    m.delete_workflow("w").await.unwrap();
+    let err = m
+        .execute_workflow("w", ExecuteOptions::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "NOT_FOUND");
+    m.shutdown().await;
+}
