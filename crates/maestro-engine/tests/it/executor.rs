@@ -537,16 +537,9 @@ async fn routing_by_capability_and_max_concurrency() {
     m.register_agent(a).await.unwrap();
     let running = Arc::new(AtomicU32::new(0));
     let peak = Arc::new(AtomicU32::new(0));
-    let (r2, p2, c2) = (running.clone(), peak.clone(), calls.clone());
-    m.in_process().register("only", "op", move |inv| {
+    let (r2, p2) = (running.clone(), peak.clone());
+    handlers(m.in_process(), "only", &["op"], &calls, move |_| {
         let (r, p) = (r2.clone(), p2.clone());
-        c2.0.lock().unwrap().push(Recorded {
-            agent: "only".into(),
-            capability: inv.capability.clone(),
-            key: inv.idempotency_key.clone(),
-            inputs: inv.inputs.clone(),
-            at: tokio::time::Instant::now(),
-        });
         async move {
             let now = r.fetch_add(1, Ordering::SeqCst) + 1;
             p.fetch_max(now, Ordering::SeqCst);
@@ -612,16 +605,8 @@ async fn input_schema_and_output_size_are_enforced() {
         "capabilities": [{"id": "sign", "inputs": {"data": "string"}}, {"id": "big"}]}))
     .unwrap();
     m.register_agent(a).await.unwrap();
-    let c2 = calls.clone();
-    m.in_process().register("typed", "sign", move |inv| {
-        c2.0.lock().unwrap().push(Recorded {
-            agent: "typed".into(),
-            capability: inv.capability.clone(),
-            key: inv.idempotency_key.clone(),
-            inputs: inv.inputs.clone(),
-            at: tokio::time::Instant::now(),
-        });
-        async { Ok(obj(json!({"signature": "s"}))) }
+    handlers(m.in_process(), "typed", &["sign"], &calls, |_| async {
+        Ok(obj(json!({"signature": "s"})))
     });
     m.in_process().register("typed", "big", |_| async {
         Ok(obj(json!({"blob": "x".repeat(2 << 20)})))
