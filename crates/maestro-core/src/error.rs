@@ -162,4 +162,10 @@ pub mod step_codes {
     pub const AGENT_ERROR: &str = "AGENT_ERROR";
     pub const CALLBACK_FAILED: &str = "CALLBACK_FAILED";
     pub const COMPENSATION_FAILED: &str = "COMPENSATION_FAILED";
+    /// A push agent could not be reached (refused, reset, broken answer): retryable.
+    pub const AGENT_UNREACHABLE: &str = "AGENT_UNREACHABLE";
+    /// The agent's endpoint is refused by `outboundAllowList`: not retryable.
+    pub const OUTBOUND_REFUSED: &str = "OUTBOUND_REFUSED";
+    /// A push agent without a usable endpoint URL: not retryable.
+    pub const INVALID_AGENT_ENDPOINT: &str = "INVALID_AGENT_ENDPOINT";
 }

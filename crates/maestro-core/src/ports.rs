@@ -193,6 +193,7 @@ pub trait EventStore: Send + Sync {
 
 /// A stored API token: only the SHA-256 of its secret is kept.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct TokenRecord {
     pub id: String,
@@ -201,6 +202,7 @@ pub struct TokenRecord {
     pub agent_id: Option<String>,
     #[serde(default)]
     pub name: String,
+    /// SHA-256 of the secret. Never serialized.
     #[serde(skip)]
     pub secret_hash: String,
     pub created_at: Timestamp,
@@ -222,6 +224,7 @@ pub trait TokenStore: Send + Sync {
 
 /// A webhook subscription.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct SubscriptionRecord {
     pub id: String,
@@ -231,6 +234,7 @@ pub struct SubscriptionRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workflow_id: Option<String>,
     pub url: String,
+    /// The subscription's secret. Never serialized.
     #[serde(skip)]
     pub secret: String,
     pub created_at: Timestamp,
@@ -252,6 +256,7 @@ pub trait ConfigStore: Send + Sync {
 
 /// Where a poll task is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum TaskStatus {
     Queued,
@@ -297,6 +302,7 @@ impl TaskStatus {
 
 /// A poll task: one call waiting for (or held by) a `transport: poll` agent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct TaskRecord {
     pub task_id: String,
@@ -420,6 +426,7 @@ impl<T> Store for T where
 
 /// One call of a capability on an agent (API.md "Agent protocol" push body).
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Invocation {
     pub task_id: String,
@@ -457,6 +464,7 @@ impl Invocation {
 
 /// Why a call failed. `retryable` decides whether the retry policy applies.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, thiserror::Error)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[error("{code}: {message}")]
 pub struct InvokeError {
     pub code: String,

@@ -7,6 +7,7 @@ use super::Timestamp;
 
 /// Reachability and willingness of an agent, as the registry sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum AgentStatus {
     #[default]
@@ -27,6 +28,7 @@ impl AgentStatus {
 
 /// How Maestro reaches an agent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Transport {
     /// Maestro pushes `POST <endpoint>/invoke`.
@@ -42,11 +44,13 @@ pub enum Transport {
 /// suffix `?` = optional) or a JSON Schema object (recognised by a top-level `type`,
 /// `properties`, `$schema` or `required` key whose value is not a type name string).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(transparent)]
 pub struct TypeSpec(pub Map<String, Value>);
 
 /// One thing an agent can do.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AgentCapability {
     pub id: String,
@@ -78,6 +82,7 @@ fn default_version() -> String {
 
 /// An agent as registered with Maestro.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RegisteredAgent {
     pub id: String,
@@ -93,7 +98,8 @@ pub struct RegisteredAgent {
     pub capabilities: Vec<AgentCapability>,
     #[serde(default)]
     pub status: AgentStatus,
-    /// Set to the registration time when omitted (0 on the wire means "not given").
+    /// Last heartbeat, ms since the Unix epoch. Set to the registration time when
+    /// omitted (0 on the wire means "not given").
     #[serde(default)]
     pub last_heartbeat: Timestamp,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -104,7 +110,8 @@ pub struct RegisteredAgent {
     pub max_concurrency: Option<u32>,
     #[serde(default)]
     pub metadata: Map<String, Value>,
-    /// Bearer token Maestro sends on push calls. Write-only: never serialized.
+    /// Bearer token Maestro sends on push calls. Write-only: accepted on input,
+    /// never returned (an update without it keeps the stored one).
     #[serde(default, skip_serializing)]
     pub inbound_secret: Option<String>,
     /// Set when an operator fixed the status with `PATCH .../status`: heartbeats
@@ -141,7 +148,9 @@ impl RegisteredAgent {
     }
 }
 
+/// An agent's health as Maestro computes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum HealthStatus {
     #[default]
@@ -161,12 +170,16 @@ impl HealthStatus {
     }
 }
 
+/// Call statistics of one capability of an agent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CapabilityHealth {
     pub name: String,
+    /// Fraction 0..=1 of successful calls.
     #[serde(default)]
     pub success_rate: f64,
+    /// Mean call time in ms.
     #[serde(default)]
     pub average_time: f64,
     #[serde(default)]
@@ -176,6 +189,7 @@ pub struct CapabilityHealth {
 /// Health of one agent. Computed by Maestro from real invocations and health
 /// checks, merged with what the agent reports.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AgentHealth {
     #[serde(default)]

@@ -5,7 +5,9 @@ use serde::{Deserialize, Serialize};
 use super::RetryPolicy;
 use crate::Error;
 
+/// Log verbosity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum LogLevel {
     Error,
@@ -30,17 +32,28 @@ impl LogLevel {
 
 /// The runtime keys: stored, PATCHable by an admin, applied cluster-wide.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct MaestroConfig {
+    /// Executions `running` or `paused` at once; the rest wait `pending` in a queue.
+    /// Greater than 0.
     pub max_concurrent_workflows: u32,
-    /// ms.
+    /// Wall-time limit of an execution in ms when its workflow sets no
+    /// `maxDuration`. Greater than 0.
     pub default_workflow_timeout: u64,
+    /// Newest events the event bus keeps in memory. Greater than 0.
     pub event_bus_buffer_size: u32,
+    /// Interval of the agent health checks in ms. Greater than 0.
     pub health_check_interval_ms: u64,
+    /// Per-attempt timeout of a step in ms when the step sets no `timeout`.
+    /// Greater than 0.
     pub agent_timeout_ms: u64,
+    /// `false`: `onError: rollback` behaves as `stop`.
     pub enable_rollback: bool,
+    /// `true`: also compensate completed steps on cancel and on workflow timeout.
     pub enable_compensation: bool,
     pub log_level: LogLevel,
+    /// The retry policy of steps that set none.
     pub default_retry_policy: RetryPolicy,
 }
 

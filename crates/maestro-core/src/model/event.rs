@@ -9,6 +9,7 @@ use super::Timestamp;
 
 /// Every event type Maestro publishes or accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum EventType {
     #[serde(rename = "agent:registered")]
     AgentRegistered,
@@ -136,6 +137,7 @@ impl fmt::Display for EventType {
 /// An event as stored and delivered. `seq` is a strictly increasing cursor
 /// allocated in commit order.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct ChoreographyEvent {
     pub id: String,

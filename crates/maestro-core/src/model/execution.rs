@@ -7,7 +7,9 @@ use serde_json::{Map, Value};
 
 use super::Timestamp;
 
+/// Where an execution is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ExecutionStatus {
     Pending,
@@ -62,7 +64,9 @@ impl ExecutionStatus {
     }
 }
 
+/// Where a step of an execution is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum StepStatus {
     Pending,
@@ -101,6 +105,7 @@ impl StepStatus {
 
 /// `{code, message, details?, timestamp, stepId?}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct ExecutionError {
     pub code: String,
@@ -114,6 +119,7 @@ pub struct ExecutionError {
 
 /// One call of a step's capability.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Attempt {
     pub attempt: u32,
@@ -131,7 +137,9 @@ pub struct Attempt {
     pub late_result: Option<LateResult>,
 }
 
+/// An agent's answer that came after its attempt had ended.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct LateResult {
     /// `completed` or `failed`.
@@ -141,7 +149,9 @@ pub struct LateResult {
     pub error_code: Option<String>,
 }
 
+/// The state of one step of an execution.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct StepExecution {
     pub step_id: String,
@@ -199,7 +209,9 @@ impl StepExecution {
     }
 }
 
+/// What an execution's steps can refer to.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct ExecutionContext {
     pub execution_id: String,
@@ -213,7 +225,9 @@ pub struct ExecutionContext {
     pub parent_execution_id: Option<String>,
 }
 
+/// Where the compensation of one step is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum RollbackStatus {
     Pending,
@@ -224,6 +238,7 @@ pub enum RollbackStatus {
 
 /// One line of the rollback log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct RollbackEntry {
     pub step_id: String,
@@ -251,6 +266,7 @@ pub struct RollbackEntry {
 
 /// A run of a workflow at a pinned revision.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct WorkflowExecution {
     pub id: String,
@@ -332,6 +348,30 @@ mod step_map {
     impl Serialize for StepMap {
         fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
             s.collect_map(self.0.iter().map(|st| (&st.step_id, st)))
+        }
+    }
+
+    /// A JSON object from step id to step execution (the order of its keys is the
+    /// workflow's step order).
+    #[cfg(feature = "schema")]
+    impl schemars::JsonSchema for StepMap {
+        fn inline_schema() -> bool {
+            true
+        }
+
+        fn schema_name() -> std::borrow::Cow<'static, str> {
+            "StepMap".into()
+        }
+
+        fn schema_id() -> std::borrow::Cow<'static, str> {
+            concat!(module_path!(), "::StepMap").into()
+        }
+
+        fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+            schemars::json_schema!({
+                "type": "object",
+                "additionalProperties": generator.subschema_for::<StepExecution>()
+            })
         }
     }
 

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 /// `GET /maestro/metrics`. Each finished execution counts in exactly one of
 /// completed / failed / rolledBack / cancelled.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct ChoreographyMetrics {
     /// Workflows defined.

@@ -13,6 +13,9 @@ mod metrics;
 mod typespec;
 mod workflow;
 
+#[cfg(all(test, feature = "schema"))]
+mod schema_tests;
+
 pub use agent::*;
 pub use config::*;
 pub use event::*;

@@ -7,6 +7,7 @@ use super::Timestamp;
 
 /// What the workflow does when a step fails for good (after retries and handlers).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum OnError {
     /// Schedule nothing more, let running steps finish, execution `failed`.
@@ -20,6 +21,7 @@ pub enum OnError {
 
 /// A workflow definition. `revision`, `createdAt`, `updatedAt` are kept by the server.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Workflow {
     pub id: String,
@@ -40,13 +42,22 @@ pub struct Workflow {
     pub on_error: OnError,
     #[serde(default)]
     pub tags: Vec<String>,
+    /// Set by the server (ms since the Unix epoch); ignored on input.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(extend("readOnly" = true)))]
     pub created_at: Timestamp,
+    /// Set by the server (ms since the Unix epoch); ignored on input.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(extend("readOnly" = true)))]
     pub updated_at: Timestamp,
+    /// Who defined the workflow: taken from the request when given on creation,
+    /// else the caller's identity; kept unchanged by updates.
     #[serde(default)]
     pub created_by: String,
+    /// Set by the server: a new revision on each update (executions pin one);
+    /// ignored on input.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(extend("readOnly" = true)))]
     pub revision: u64,
 }
 
@@ -62,6 +73,7 @@ impl Workflow {
 
 /// One capability call of a workflow.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct WorkflowStep {
     pub id: String,
@@ -87,6 +99,7 @@ pub struct WorkflowStep {
 
 /// `delay = min(delayMs × multiplier^(attempt-1), maxDelayMs)`, optional full jitter.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RetryPolicy {
     pub max_attempts: u32,
@@ -136,7 +149,9 @@ impl RetryPolicy {
     }
 }
 
+/// The kind of an `ErrorHandler`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum ErrorHandlerType {
     Retry,
@@ -147,6 +162,7 @@ pub enum ErrorHandlerType {
 
 /// What happens after a step's retries are exhausted.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ErrorHandler {
     #[serde(rename = "type")]
@@ -159,7 +175,9 @@ pub struct ErrorHandler {
     pub params: Option<Value>,
 }
 
+/// The operator of a `comparison` condition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum CompareOp {
     Eq,
@@ -174,7 +192,9 @@ pub enum CompareOp {
     Contains,
 }
 
+/// The operator of a `logical` condition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum LogicalOp {
     And,
@@ -268,8 +288,85 @@ impl<'de> Deserialize<'de> for ExecutionCondition {
     }
 }
 
+/// The schema of the wire forms that validation accepts (`serde` itself maps any
+/// other `type` to [`ExecutionCondition::Unsupported`], which validation refuses).
+#[cfg(feature = "schema")]
+impl schemars::JsonSchema for ExecutionCondition {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "ExecutionCondition".into()
+    }
+
+    fn schema_id() -> std::borrow::Cow<'static, str> {
+        concat!(module_path!(), "::ExecutionCondition").into()
+    }
+
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let compare_op = generator.subschema_for::<CompareOp>();
+        let logical_op = generator.subschema_for::<LogicalOp>();
+        let condition = generator.subschema_for::<ExecutionCondition>();
+        // `value` may be omitted on input (it then reads as `null`, e.g. for
+        // `exists`) but is always written.
+        let comparison_required: &[&str] = if generator.contract().is_serialize() {
+            &["type", "variable", "operator", "value"]
+        } else {
+            &["type", "variable", "operator"]
+        };
+        schemars::json_schema!({
+            "description": "A step's condition: structured data or a CEL expression, never code. \
+                The step runs when it holds and is skipped otherwise. \
+                `type` is one of `comparison`, `logical` or `expression`; \
+                `javascript` is refused (UNSAFE_CONDITION) and any other type is \
+                refused (INVALID_CONDITION).",
+            "oneOf": [
+                {
+                    "title": "comparison",
+                    "description": "Compare the value at a variable path (e.g. `user.age` or \
+                        `steps.verify-user.outputs.valid`) with `value`.",
+                    "type": "object",
+                    "properties": {
+                        "type": {"type": "string", "const": "comparison"},
+                        "variable": {"type": "string"},
+                        "operator": compare_op,
+                        "value": {
+                            "description": "The value to compare with (`null` when omitted): an \
+                                array for `in` / `not_in`, a boolean or nothing for `exists`, a \
+                                number or a string for `gt` / `gte` / `lt` / `lte`."
+                        }
+                    },
+                    "required": comparison_required,
+                    "additionalProperties": false
+                },
+                {
+                    "title": "logical",
+                    "description": "Combine conditions: `and` / `or` take at least one, `not` exactly one.",
+                    "type": "object",
+                    "properties": {
+                        "type": {"type": "string", "const": "logical"},
+                        "operator": logical_op,
+                        "conditions": {"type": "array", "items": condition}
+                    },
+                    "required": ["type", "operator", "conditions"],
+                    "additionalProperties": false
+                },
+                {
+                    "title": "expression",
+                    "description": "A CEL expression over the execution's variables and step outputs.",
+                    "type": "object",
+                    "properties": {
+                        "type": {"type": "string", "const": "expression"},
+                        "expression": {"type": "string"}
+                    },
+                    "required": ["type", "expression"],
+                    "additionalProperties": false
+                }
+            ]
+        })
+    }
+}
+
 /// How to undo a step when the execution rolls back.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Compensate {
     pub capability: String,
