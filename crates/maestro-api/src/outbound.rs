@@ -12,6 +12,10 @@
 //!   IP-literal URLs never reach a resolver and are checked before sending.
 //!   Redirects are not followed and proxies are not used, since either would
 //!   let a request reach an address that was never checked.
+//!
+//! Other HTTP clients that must obey the same rules (the push invoker of
+//! [`crate::push`]) are built with [`checked_client_builder`] and vet their
+//! URLs with [`check_url`].
 
 use std::error::Error as StdError;
 use std::fmt;
@@ -398,6 +402,73 @@ impl Resolve for CheckedResolver {
 }
 
 // ---------------------------------------------------------------------------
+// Checked clients and URLs
+// ---------------------------------------------------------------------------
+
+/// A `reqwest` client builder that obeys the allow-list: every host name is
+/// resolved by a checking resolver (the addresses connected to are the ones
+/// checked), redirects are not followed, no proxy is used, and a request is
+/// sent at most once (no transparent retries). `User-Agent: maestro/<version>`.
+///
+/// Callers may tune pooling and socket options on the result, but must not
+/// set a resolver, proxy or redirect policy of their own. IP-literal URLs do
+/// not go through a resolver: vet every URL with [`check_url`] before sending.
+pub fn checked_client_builder(allow: Arc<AllowList>) -> reqwest::ClientBuilder {
+    client_builder_with_lookup(allow, Lookup::System)
+}
+
+fn client_builder_with_lookup(allow: Arc<AllowList>, lookup: Lookup) -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .dns_resolver(CheckedResolver { allow, lookup })
+        .redirect(reqwest::redirect::Policy::none())
+        // A proxy would resolve and connect on our behalf, unchecked.
+        .no_proxy()
+        // "One attempt" means one: no transparent protocol-level retries.
+        .retry(reqwest::retry::never())
+        .user_agent(USER_AGENT)
+}
+
+/// Build a client from [`checked_client_builder`] (or a builder derived from it).
+///
+/// Panics only if the TLS backend cannot initialize, which is a broken build
+/// rather than a runtime condition.
+pub(crate) fn build_client(builder: reqwest::ClientBuilder) -> reqwest::Client {
+    builder
+        .build()
+        .expect("HTTP client with the built-in TLS backend")
+}
+
+/// Parse and vet an outbound URL: `http` or `https` only, no credentials in
+/// it, a host; an IP-literal host must be allowed by `allow` (host names are
+/// checked later, by the resolver of [`checked_client_builder`], on the
+/// addresses they resolve to).
+///
+/// [`OutboundError::InvalidUrl`] for a malformed URL,
+/// [`OutboundError::Refused`] for an address the allow-list refuses.
+pub fn check_url(allow: &AllowList, url: &str) -> Result<reqwest::Url, OutboundError> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| OutboundError::InvalidUrl(e.to_string()))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(OutboundError::InvalidUrl(format!(
+            "scheme {:?} is not allowed (http or https only)",
+            parsed.scheme()
+        )));
+    }
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err(OutboundError::InvalidUrl(
+            "credentials in the URL are not allowed".to_owned(),
+        ));
+    }
+    let Some(host) = parsed.host_str() else {
+        return Err(OutboundError::InvalidUrl("no host".to_owned()));
+    };
+    let literal = host.strip_prefix('[').and_then(|h| h.strip_suffix(']'));
+    if let Ok(ip) = literal.unwrap_or(host).parse::<IpAddr>() {
+        allow.check(None, &[ip]).map_err(OutboundError::Refused)?;
+    }
+    Ok(parsed)
+}
+
+// ---------------------------------------------------------------------------
 // HttpOutbound
 // ---------------------------------------------------------------------------
 
@@ -421,56 +492,19 @@ impl fmt::Debug for HttpOutbound {
 }
 
 impl HttpOutbound {
+    /// A client resolving names with the system resolver, checked against `allow`.
     pub fn new(allow: AllowList) -> Self {
         Self::with_lookup(allow, Lookup::System)
     }
 
     fn with_lookup(allow: AllowList, lookup: Lookup) -> Self {
         let allow = Arc::new(allow);
-        let client = reqwest::Client::builder()
-            .dns_resolver(CheckedResolver {
-                allow: allow.clone(),
-                lookup,
-            })
-            .redirect(reqwest::redirect::Policy::none())
-            // A proxy would resolve and connect on our behalf, unchecked.
-            .no_proxy()
-            // "One attempt" means one: no transparent protocol-level retries.
-            .retry(reqwest::retry::never())
-            .user_agent(USER_AGENT)
-            .build()
-            // Only fails if the TLS backend cannot initialize, which is a
-            // broken build rather than a runtime condition.
-            .expect("HTTP client with the built-in TLS backend");
+        let client = build_client(client_builder_with_lookup(allow.clone(), lookup));
         HttpOutbound { allow, client }
     }
 
-    /// Parse and vet the URL; IP literals are checked here because the
-    /// connector does not resolve them (host names are checked by the resolver).
     fn target(&self, url: &str) -> Result<reqwest::Url, OutboundError> {
-        let parsed =
-            reqwest::Url::parse(url).map_err(|e| OutboundError::InvalidUrl(e.to_string()))?;
-        if !matches!(parsed.scheme(), "http" | "https") {
-            return Err(OutboundError::InvalidUrl(format!(
-                "scheme {:?} is not allowed (http or https only)",
-                parsed.scheme()
-            )));
-        }
-        if !parsed.username().is_empty() || parsed.password().is_some() {
-            return Err(OutboundError::InvalidUrl(
-                "credentials in the URL are not allowed".to_owned(),
-            ));
-        }
-        let Some(host) = parsed.host_str() else {
-            return Err(OutboundError::InvalidUrl("no host".to_owned()));
-        };
-        let literal = host.strip_prefix('[').and_then(|h| h.strip_suffix(']'));
-        if let Ok(ip) = literal.unwrap_or(host).parse::<IpAddr>() {
-            self.allow
-                .check(None, &[ip])
-                .map_err(OutboundError::Refused)?;
-        }
-        Ok(parsed)
+        check_url(&self.allow, url)
     }
 
     async fn send(&self, req: reqwest::RequestBuilder) -> Result<u16, OutboundError> {
@@ -503,9 +537,11 @@ impl HttpOutbound {
     }
 }
 
-/// Map a `reqwest` error: a refusal by the resolver is `Refused`; the rest is
-/// `Failed` with the cause chain (without the URL, which may carry a token).
-fn send_error(e: reqwest::Error) -> OutboundError {
+/// Map an error of a client from [`checked_client_builder`]: a refusal by the
+/// checking resolver is `Refused`; a request that could not be built is
+/// `InvalidUrl`; the rest (connect, reset, body) is `Failed` with the cause
+/// chain (without the URL, which may carry a token).
+pub(crate) fn send_error(e: reqwest::Error) -> OutboundError {
     let mut cause: Option<&(dyn StdError + 'static)> = Some(&e);
     while let Some(c) = cause {
         if let Some(r) = c.downcast_ref::<RefusedByAllowList>() {

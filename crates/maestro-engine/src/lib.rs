@@ -65,6 +65,7 @@ pub mod executor;
 pub mod health;
 pub mod invoker;
 mod maestro;
+pub mod metrics;
 pub mod registry;
 
 pub use maestro::{ExecuteOptions, Maestro, MaestroOptions};

@@ -207,6 +207,7 @@ pub(super) fn spawn_call(
 fn record(reg: &Registry, agent: &RegisteredAgent, capability: &str, ok: bool, took: Duration) {
     let now = now_ms();
     reg.write(|r| r.record_invocation(&agent.id, capability, ok, took.as_millis() as u64, now));
+    crate::metrics::step_invocation(&agent.id, capability, ok, took);
 }
 
 fn check_outputs(

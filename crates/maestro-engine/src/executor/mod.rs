@@ -773,6 +773,7 @@ impl Executor {
             Action::SetTimer { key, at } => {
                 if matches!(key, TimerKey::Retry { .. }) {
                     self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                    metrics::counter!("maestro_step_retries_total").increment(1);
                 }
                 self.timers.push(at, exec_id.to_owned(), key);
             }

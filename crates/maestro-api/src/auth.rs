@@ -1,0 +1,337 @@
+//! Bearer tokens and roles (API.md "Roles and tokens").
+//!
+//! A token is `mst_<id>_<secret>`: 12 hex characters of id and 64 of secret
+//! (256 random bits). Only SHA-256 of the secret is stored; a request is
+//! authenticated by looking the record up by id and comparing digests in
+//! constant time. A slow password hash is unnecessary for 256-bit random
+//! secrets and would cap the API at about a thousand requests per second.
+//!
+//! Records are cached in memory for [`CACHE_TTL_MS`] so that a request costs
+//! no store read; a revocation through this server takes effect at once, one
+//! through another server of a cluster within the TTL.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use maestro_core::model::{Timestamp, validate_id};
+use maestro_core::ports::{Store, TokenRecord};
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::error::ApiError;
+
+/// How long a token record is trusted without reading the store again.
+pub const CACHE_TTL_MS: u64 = 5_000;
+/// Name of the token generated at first start.
+pub const BOOTSTRAP_NAME: &str = "bootstrap-admin";
+
+/// What a token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Admin,
+    Operator,
+    Reader,
+    Agent,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Operator => "operator",
+            Role::Reader => "reader",
+            Role::Agent => "agent",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "admin" => Some(Role::Admin),
+            "operator" => Some(Role::Operator),
+            "reader" => Some(Role::Reader),
+            "agent" => Some(Role::Agent),
+            _ => None,
+        }
+    }
+}
+
+/// Who is calling.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub token_id: String,
+    pub role: Role,
+    /// For `agent` tokens: the only agent this token acts for.
+    pub agent_id: Option<String>,
+    pub name: String,
+}
+
+impl Principal {
+    pub fn is_admin(&self) -> bool {
+        self.role == Role::Admin
+    }
+    /// Admin or operator.
+    pub fn is_operator(&self) -> bool {
+        matches!(self.role, Role::Admin | Role::Operator)
+    }
+    /// The agent this principal is bound to, when it is an agent token.
+    pub fn agent(&self) -> Option<&str> {
+        if self.role == Role::Agent {
+            self.agent_id.as_deref()
+        } else {
+            None
+        }
+    }
+}
+
+/// A freshly minted token: the record to store and the secret to show once.
+#[derive(Debug)]
+pub struct Minted {
+    pub record: TokenRecord,
+    pub secret: String,
+}
+
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(DIGITS[(b >> 4) as usize] as char);
+        s.push(DIGITS[(b & 15) as usize] as char);
+    }
+    s
+}
+
+fn digest(secret: &str) -> [u8; 32] {
+    Sha256::digest(secret.as_bytes()).into()
+}
+
+/// Make a new token (not stored yet).
+pub fn mint(
+    role: Role,
+    agent_id: Option<String>,
+    name: String,
+    expires_at: Option<Timestamp>,
+    now: Timestamp,
+) -> Minted {
+    let mut rng = rand::rng();
+    let mut id = [0u8; 6];
+    rng.fill_bytes(&mut id);
+    let mut secret = [0u8; 32];
+    rng.fill_bytes(&mut secret);
+    let id = hex(&id);
+    let secret = hex(&secret);
+    Minted {
+        record: TokenRecord {
+            id: id.clone(),
+            role: role.as_str().to_owned(),
+            agent_id,
+            name,
+            secret_hash: hex(&digest(&secret)),
+            created_at: now,
+            expires_at,
+            revoked_at: None,
+        },
+        secret: format!("mst_{id}_{secret}"),
+    }
+}
+
+struct Cached {
+    record: TokenRecord,
+    fetched_at: Timestamp,
+}
+
+/// Authenticates bearer tokens. Cheap to clone.
+#[derive(Clone)]
+pub struct Auth {
+    store: Arc<dyn Store>,
+    cache: Arc<RwLock<HashMap<String, Cached>>>,
+    /// `MAESTRO_ADMIN_TOKEN`'s digest, when set: any string is accepted.
+    fixed_admin: Option<[u8; 32]>,
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Auth")
+            .field("fixed_admin", &self.fixed_admin.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Auth {
+    pub fn new(store: Arc<dyn Store>, fixed_admin_token: Option<&str>) -> Self {
+        Auth {
+            store,
+            cache: Arc::default(),
+            fixed_admin: fixed_admin_token.map(digest),
+        }
+    }
+
+    /// Create and store a token.
+    pub async fn create(
+        &self,
+        role: Role,
+        agent_id: Option<String>,
+        name: String,
+        expires_at: Option<Timestamp>,
+        now: Timestamp,
+    ) -> Result<Minted, ApiError> {
+        let minted = mint(role, agent_id, name, expires_at, now);
+        self.store.insert_token(&minted.record).await?;
+        Ok(minted)
+    }
+
+    /// Revoke; `false` if unknown or already revoked.
+    pub async fn revoke(&self, id: &str, now: Timestamp) -> Result<bool, ApiError> {
+        let done = self.store.revoke_token(id, now).await?;
+        self.cache.write().expect("token cache").remove(id);
+        Ok(done)
+    }
+
+    pub async fn list(&self) -> Result<Vec<TokenRecord>, ApiError> {
+        Ok(self.store.list_tokens().await?)
+    }
+
+    /// First start without a configured admin token: mint one, to be printed
+    /// once and written to `admin.token`. `None` when one exists already or
+    /// `MAESTRO_ADMIN_TOKEN` is set.
+    pub async fn bootstrap(&self, now: Timestamp) -> Result<Option<Minted>, ApiError> {
+        if self.fixed_admin.is_some() {
+            return Ok(None);
+        }
+        let tokens = self.store.list_tokens().await?;
+        if tokens
+            .iter()
+            .any(|t| t.role == "admin" && t.revoked_at.is_none())
+        {
+            return Ok(None);
+        }
+        let m = self
+            .create(Role::Admin, None, BOOTSTRAP_NAME.to_owned(), None, now)
+            .await?;
+        Ok(Some(m))
+    }
+
+    /// Who `authorization` (the header's value) is, or 401.
+    pub async fn authenticate(
+        &self,
+        authorization: Option<&str>,
+        now: Timestamp,
+    ) -> Result<Principal, ApiError> {
+        let Some(header) = authorization else {
+            return Err(ApiError::Unauthorized(
+                "missing Authorization: Bearer <token>".into(),
+            ));
+        };
+        let token = header
+            .strip_prefix("Bearer ")
+            .or_else(|| header.strip_prefix("bearer "))
+            .map(str::trim)
+            .ok_or_else(|| {
+                ApiError::Unauthorized("expected Authorization: Bearer <token>".into())
+            })?;
+        if let Some(fixed) = &self.fixed_admin
+            && bool::from(digest(token).ct_eq(fixed))
+        {
+            return Ok(Principal {
+                token_id: "env-admin".into(),
+                role: Role::Admin,
+                agent_id: None,
+                name: "admin".into(),
+            });
+        }
+        let bad = || ApiError::Unauthorized("invalid token".into());
+        let rest = token.strip_prefix("mst_").ok_or_else(bad)?;
+        let (id, secret) = rest.split_once('_').ok_or_else(bad)?;
+        if id.is_empty() || id.len() > 64 || secret.is_empty() {
+            return Err(bad());
+        }
+        let record = self.record(id, now).await?.ok_or_else(bad)?;
+        let presented = hex(&digest(secret));
+        if !bool::from(presented.as_bytes().ct_eq(record.secret_hash.as_bytes())) {
+            return Err(bad());
+        }
+        if record.revoked_at.is_some() {
+            return Err(ApiError::Unauthorized("token revoked".into()));
+        }
+        if record.expires_at.is_some_and(|e| e <= now) {
+            return Err(ApiError::Unauthorized("token expired".into()));
+        }
+        let role = Role::parse(&record.role).ok_or_else(bad)?;
+        Ok(Principal {
+            token_id: record.id,
+            role,
+            agent_id: record.agent_id,
+            name: record.name,
+        })
+    }
+
+    async fn record(&self, id: &str, now: Timestamp) -> Result<Option<TokenRecord>, ApiError> {
+        if let Some(c) = self.cache.read().expect("token cache").get(id)
+            && now.saturating_sub(c.fetched_at) < CACHE_TTL_MS
+        {
+            return Ok(Some(c.record.clone()));
+        }
+        if !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Ok(None);
+        }
+        let found = self.store.get_token(id).await?;
+        let mut cache = self.cache.write().expect("token cache");
+        match &found {
+            Some(r) => {
+                if cache.len() > 100_000 {
+                    cache.clear();
+                }
+                cache.insert(
+                    id.to_owned(),
+                    Cached {
+                        record: r.clone(),
+                        fetched_at: now,
+                    },
+                );
+            }
+            None => {
+                cache.remove(id);
+            }
+        }
+        Ok(found)
+    }
+}
+
+/// Check an agent id named in a token request.
+pub fn check_agent_binding(role: Role, agent_id: &Option<String>) -> Result<(), ApiError> {
+    match (role, agent_id) {
+        (Role::Agent, None) => Err(ApiError::validation(
+            "an agent token needs agentId",
+            "agentId",
+        )),
+        (Role::Agent, Some(a)) => {
+            validate_id("agent", a).map_err(|e| ApiError::from(e.field("agentId")))
+        }
+        (_, Some(_)) => Err(ApiError::validation(
+            "agentId is only for role agent",
+            "agentId",
+        )),
+        (_, None) => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minted_tokens_have_the_documented_shape_and_differ() {
+        let a = mint(Role::Reader, None, "r".into(), None, 1);
+        let b = mint(Role::Reader, None, "r".into(), None, 1);
+        assert_ne!(a.secret, b.secret);
+        let parts: Vec<_> = a.secret.split('_').collect();
+        assert_eq!(parts.len(), 3);
+        assert_eq!(parts[0], "mst");
+        assert_eq!(parts[1], a.record.id);
+        assert_eq!(parts[2].len(), 64);
+        assert_eq!(a.record.secret_hash, hex(&digest(parts[2])));
+        assert!(!a.record.secret_hash.contains(parts[2]));
+    }
+}

@@ -1,0 +1,124 @@
+//! Prometheus metrics (`GET /metrics`).
+//!
+//! The `metrics` facade has one recorder per process; it is installed on first
+//! use and shared by every server in the process. HTTP requests are counted by
+//! a middleware (route template, method, status); the engine records step
+//! invocations, latencies and retries where they happen; gauges that describe
+//! state (executions by status, queue depth, event bus totals) are refreshed
+//! from the store and the bus when `/metrics` is scraped.
+
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use maestro_core::model::ExecutionStatus;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// Latency buckets in seconds: 0.5 ms to 60 s.
+const BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0,
+];
+
+/// The process's Prometheus recorder.
+pub fn handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), BUCKETS)
+                .expect("static bucket list is not empty")
+                .build_recorder();
+            let handle = recorder.handle();
+            // Another recorder may exist when Maestro is embedded; then our
+            // own handle renders only what it saw, which is nothing.
+            if metrics::set_global_recorder(recorder).is_err() {
+                tracing::warn!("a metrics recorder was already installed; /metrics will be empty");
+            }
+            maestro_engine::metrics::describe();
+            metrics::describe_counter!(
+                "maestro_http_requests_total",
+                "HTTP requests by route template, method and status"
+            );
+            metrics::describe_histogram!(
+                "maestro_http_request_duration_seconds",
+                "HTTP request latency by route template, method and status"
+            );
+            handle
+        })
+        .clone()
+}
+
+/// Count and time every request under its route template (never the raw
+/// path, whose ids would explode the label set).
+pub async fn track(req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let method = req.method().as_str().to_owned();
+    let resp = next.run(req).await;
+    let status = resp.status().as_u16().to_string();
+    let labels = [("route", route), ("method", method), ("status", status)];
+    metrics::counter!("maestro_http_requests_total", &labels).increment(1);
+    metrics::histogram!("maestro_http_request_duration_seconds", &labels)
+        .record(start.elapsed().as_secs_f64());
+    resp
+}
+
+/// `GET /metrics`: refresh the state gauges, then render.
+pub async fn render(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let m = &state.maestro;
+    let stats = m.store().execution_stats().await?;
+    for status in [
+        ExecutionStatus::Pending,
+        ExecutionStatus::Running,
+        ExecutionStatus::Paused,
+        ExecutionStatus::Completed,
+        ExecutionStatus::Failed,
+        ExecutionStatus::RolledBack,
+        ExecutionStatus::Cancelled,
+    ] {
+        let n: u64 = stats
+            .by_status
+            .iter()
+            .filter(|(s, _)| *s == status)
+            .map(|(_, n)| *n)
+            .sum();
+        metrics::gauge!("maestro_executions", "status" => status.as_str()).set(n as f64);
+    }
+    let ex = m.executor().stats();
+    use std::sync::atomic::Ordering::Relaxed;
+    metrics::gauge!("maestro_queue_depth").set(ex.queued.load(Relaxed) as f64);
+    metrics::gauge!("maestro_executions_active").set(ex.active.load(Relaxed) as f64);
+    metrics::counter!("maestro_executor_commits_total").absolute(ex.commits.load(Relaxed));
+    metrics::counter!("maestro_late_results_total").absolute(ex.late_results.load(Relaxed));
+    metrics::counter!("maestro_eventbus_published_total").absolute(m.bus().published_total());
+    metrics::counter!("maestro_eventbus_dropped_total").absolute(m.bus().dropped_total());
+    metrics::gauge!("maestro_eventbus_subscribers").set(m.bus().subscription_count() as f64);
+    let agents = m.registry().read(|r| {
+        let mut by = [0u64; 3];
+        for a in r.agents() {
+            by[a.status as usize] += 1;
+        }
+        by
+    });
+    for (i, s) in ["online", "offline", "degraded"].iter().enumerate() {
+        metrics::gauge!("maestro_agents", "status" => *s).set(agents[i] as f64);
+    }
+    let body = state.prometheus.render();
+    Response::builder()
+        .header(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )
+        .body(axum::body::Body::from(body))
+        .map_err(|e| ApiError::Internal(e.to_string()))
+}

@@ -1,0 +1,225 @@
+//! The OpenAPI 3.1 document, built from the route table ([`crate::routes::table`])
+//! and the model types' JSON Schemas (schemars). The router is built from the
+//! same table, so a route cannot be served undocumented or documented unserved.
+
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+
+use schemars::generate::SchemaSettings;
+use serde_json::{Map, Value, json};
+
+use crate::routes::{Access, Answer, table};
+
+/// Statuses every route may answer besides its own, with their codes.
+fn common_errors(access: Access, has_body: bool, has_query: bool) -> Vec<(u16, &'static str)> {
+    let mut v = Vec::new();
+    if has_body || has_query {
+        v.push((
+            400,
+            "Bad input: INVALID_JSON, VALIDATION_FAILED (details.field names the field) or a validation code",
+        ));
+    }
+    if access != Access::Public {
+        v.push((401, "UNAUTHORIZED: no, unknown, revoked or expired token"));
+        v.push((403, "FORBIDDEN: the token's role may not do this"));
+    }
+    if has_body {
+        v.push((413, "PAYLOAD_TOO_LARGE: body over maxBodyBytes"));
+        v.push((415, "UNSUPPORTED_MEDIA_TYPE: wrong Content-Type"));
+    }
+    v
+}
+
+fn error_text(status: u16) -> &'static str {
+    match status {
+        404 => "NOT_FOUND",
+        409 => "Conflict: ALREADY_EXISTS, INVALID_STATE or IDEMPOTENCY_KEY_REUSED",
+        429 => "QUEUE_FULL: too many executions queued",
+        503 => "NOT_READY: starting, draining or the store is unreachable",
+        _ => "Error",
+    }
+}
+
+/// The document (built once).
+pub fn document() -> Value {
+    static DOC: OnceLock<Value> = OnceLock::new();
+    DOC.get_or_init(build).clone()
+}
+
+fn build() -> Value {
+    let mut generator = SchemaSettings::draft2020_12()
+        .with(|s| s.definitions_path = "#/components/schemas/".into())
+        .into_generator();
+    let mut paths: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
+    for r in table() {
+        let mut op = Map::new();
+        op.insert("operationId".into(), json!(r.operation_id));
+        op.insert("summary".into(), json!(r.summary));
+        op.insert("tags".into(), json!([r.tag]));
+        let roles = r.access.roles();
+        if roles.is_empty() {
+            op.insert("security".into(), json!([]));
+        } else {
+            op.insert(
+                "description".into(),
+                json!(format!("Roles: {}.", roles.join(", "))),
+            );
+        }
+        let mut params = Vec::new();
+        for seg in r.path.split('/') {
+            if let Some(name) = seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+                params.push(json!({"name": name, "in": "path", "required": true,
+                    "schema": {"type": "string", "maxLength": 256}}));
+            }
+        }
+        for p in &r.query {
+            let schema = match p.kind {
+                "integer" => json!({"type": "integer", "minimum": 0}),
+                "boolean" => json!({"type": "boolean"}),
+                "list" => json!({"type": "array", "items": {"type": "string"}}),
+                _ => json!({"type": "string"}),
+            };
+            let mut q = json!({"name": p.name, "in": "query", "required": false,
+                "description": p.description, "schema": schema});
+            if p.kind == "list" {
+                q["style"] = json!("form");
+                q["explode"] = json!(false);
+            }
+            params.push(q);
+        }
+        if r.operation_id == "executeWorkflow" {
+            params.push(json!({"name": "Idempotency-Key", "in": "header", "required": false,
+                "description": "Scoped to the workflow, kept 24 h; the same key with another body is 409 IDEMPOTENCY_KEY_REUSED.",
+                "schema": {"type": "string", "minLength": 1, "maxLength": 255}}));
+        }
+        if r.operation_id == "streamEvents" {
+            params.push(
+                json!({"name": "Last-Event-ID", "in": "header", "required": false,
+                "description": "Resume after this seq.", "schema": {"type": "integer"}}),
+            );
+        }
+        if !params.is_empty() {
+            op.insert("parameters".into(), Value::Array(params));
+        }
+        if let Some((schema_fn, types)) = r.body {
+            let schema = serde_json::to_value(schema_fn(&mut generator)).unwrap_or(json!({}));
+            let content: Map<String, Value> = types
+                .iter()
+                .map(|t| ((*t).to_owned(), json!({"schema": schema})))
+                .collect();
+            op.insert(
+                "requestBody".into(),
+                json!({"required": r.body_required, "content": content}),
+            );
+        }
+        let mut responses = Map::new();
+        for a in &r.answers {
+            let (status, body) = match a {
+                Answer::Envelope {
+                    status,
+                    key,
+                    schema,
+                    list,
+                } => {
+                    let item = serde_json::to_value(schema(&mut generator)).unwrap_or(json!({}));
+                    let mut props = Map::new();
+                    props.insert("success".into(), json!({"const": true}));
+                    let mut required = vec![json!("success"), json!(key)];
+                    if *list {
+                        props.insert((*key).into(), json!({"type": "array", "items": item}));
+                        props.insert(
+                            "count".into(),
+                            json!({"type": "integer", "description": "Items in this answer."}),
+                        );
+                        props.insert(
+                            "total".into(),
+                            json!({"type": "integer", "description": "All items that match."}),
+                        );
+                        required.push(json!("count"));
+                        required.push(json!("total"));
+                    } else {
+                        props.insert((*key).into(), item);
+                    }
+                    if *key == "agent" && (*status == 201) {
+                        props.insert(
+                            "agentToken".into(),
+                            json!({"type": "string",
+                            "description": "The agent's token (mst_<id>_<secret>), shown once."}),
+                        );
+                    }
+                    (
+                        *status,
+                        json!({"description": "Success", "content": {"application/json": {"schema":
+                            {"type": "object", "properties": props, "required": required}}}}),
+                    )
+                }
+                Answer::Json { status, schema } => {
+                    let s = serde_json::to_value(schema(&mut generator)).unwrap_or(json!({}));
+                    (
+                        *status,
+                        json!({"description": "Success", "content": {"application/json": {"schema": s}}}),
+                    )
+                }
+                Answer::Raw {
+                    status,
+                    content_type,
+                } => (
+                    *status,
+                    json!({"description": "Success", "content": {*content_type: {"schema": {"type": "string"}}}}),
+                ),
+            };
+            responses.insert(status.to_string(), body);
+        }
+        let err_ref = json!({"$ref": "#/components/schemas/ApiError"});
+        for (status, text) in common_errors(
+            r.access,
+            r.body.is_some(),
+            !r.query.is_empty() || r.path.contains('{'),
+        ) {
+            responses.insert(
+                status.to_string(),
+                json!({"description": text, "content": {"application/json": {"schema": err_ref}}}),
+            );
+        }
+        for status in r.errors {
+            responses.insert(
+                status.to_string(),
+                json!({"description": error_text(*status), "content": {"application/json": {"schema": err_ref}}}),
+            );
+        }
+        op.insert("responses".into(), Value::Object(responses));
+        paths
+            .entry(r.path.to_owned())
+            .or_default()
+            .insert(r.method.as_str().to_ascii_lowercase(), Value::Object(op));
+    }
+    let mut schemas: Map<String, Value> = generator.take_definitions(true).into_iter().collect();
+    schemas.insert(
+        "ApiError".into(),
+        json!({"type": "object", "required": ["success", "error", "code"], "properties": {
+            "success": {"const": false},
+            "error": {"type": "string", "description": "Human-readable message."},
+            "code": {"type": "string", "description": "Stable UPPER_SNAKE code (see docs/API.md)."},
+            "details": {"type": "object", "properties": {
+                "field": {"type": "string"}, "stepId": {"type": "string"},
+                "cycle": {"type": "array", "items": {"type": "string"}}}}
+        }}),
+    );
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Maestro",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "Durable multi-agent orchestration: agents, workflows, executions, events.",
+            "license": {"name": "MIT", "identifier": "MIT"}
+        },
+        "servers": [{"url": "http://127.0.0.1:7300"}],
+        "security": [{"bearer": []}],
+        "paths": paths,
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
+                "description": "mst_<id>_<secret> tokens; see POST /maestro/tokens"}},
+            "schemas": schemas
+        }
+    })
+}

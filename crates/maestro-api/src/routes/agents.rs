@@ -1,0 +1,285 @@
+//! `/maestro/agents` and `/maestro/capabilities`.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use maestro_core::model::{AgentHealth, AgentStatus, RegisteredAgent, validate_id};
+use maestro_core::registry::AgentQuery;
+use maestro_engine::clock::now_ms;
+use schemars::JsonSchema;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{Access, PAGE, Route, delete, get, patch, post, put, q, schema};
+use crate::auth::{Principal, Role};
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{Json, OptionalJson, PathId, Query};
+use crate::state::AppState;
+
+pub(crate) fn routes() -> Vec<Route> {
+    const A: &str = "/maestro/agents";
+    const ONE: &str = "/maestro/agents/{agentId}";
+    vec![
+        post(A, Access::Operator, register)
+            .doc("registerAgent", "Agents", "Register an agent; answers its agent token once")
+            .body(schema::<RegisteredAgent>)
+            .ok(201, "agent", schema::<RegisteredAgent>)
+            .errors(&[409]),
+        get(A, Access::ReadOrAgent, list)
+            .doc("queryAgents", "Agents", "List agents, filtered")
+            .query(&[
+                q("types", "list", "Agent types."),
+                q("status", "list", "online, offline, degraded."),
+                q("capabilities", "list", "Agents having every one of these capabilities."),
+                q("tags", "list", "Agents with a capability carrying one of these tags."),
+            ])
+            .query(&PAGE)
+            .list("agents", schema::<RegisteredAgent>),
+        get(ONE, Access::ReadOrAgent, get_one)
+            .doc("getAgent", "Agents", "One agent")
+            .ok(200, "agent", schema::<RegisteredAgent>)
+            .errors(&[404]),
+        put(ONE, Access::OperatorOrSelf, upsert)
+            .doc(
+                "upsertAgent",
+                "Agents",
+                "Create (201, with agentToken) or update (200) an agent: how a restarted agent re-registers",
+            )
+            .body(schema::<RegisteredAgent>)
+            .ok(200, "agent", schema::<RegisteredAgent>)
+            .ok(201, "agent", schema::<RegisteredAgent>),
+        delete(ONE, Access::Operator, deregister)
+            .doc("deregisterAgent", "Agents", "Deregister an agent")
+            .json(200, schema::<super::admin::Message>)
+            .errors(&[404]),
+        patch("/maestro/agents/{agentId}/status", Access::OperatorOrSelf, set_status)
+            .doc(
+                "updateAgentStatus",
+                "Agents",
+                "Set the status (an operator hold until set back to online)",
+            )
+            .body(schema::<StatusBody>)
+            .ok(200, "agent", schema::<RegisteredAgent>)
+            .errors(&[404]),
+        post("/maestro/agents/{agentId}/heartbeat", Access::OperatorOrSelf, heartbeat)
+            .doc("heartbeat", "Agents", "Heartbeat, optionally with a health report")
+            .optional_body(schema::<HeartbeatBody>)
+            .ok(200, "agent", schema::<RegisteredAgent>)
+            .errors(&[404]),
+        get("/maestro/agents/{agentId}/health", Access::ReadOrAgent, get_health)
+            .doc("getAgentHealth", "Agents", "Health computed from calls and checks, merged with the agent's report")
+            .ok(200, "health", schema::<AgentHealth>)
+            .errors(&[404]),
+        put("/maestro/agents/{agentId}/health", Access::OperatorOrSelf, put_health)
+            .doc("recordAgentHealth", "Agents", "The agent's own health report")
+            .body(schema::<AgentHealth>)
+            .ok(200, "health", schema::<AgentHealth>)
+            .errors(&[404]),
+        get(
+            "/maestro/capabilities/{capabilityId}/agents",
+            Access::ReadOrAgent,
+            by_capability,
+        )
+        .doc("findAgentsByCapability", "Agents", "Agents offering a capability")
+        .list("agents", schema::<RegisteredAgent>),
+    ]
+}
+
+fn agent_id(id: &str) -> ApiResult<()> {
+    validate_id("agent", id).map_err(|e| e.field("agentId").into())
+}
+
+async fn register(
+    State(s): State<AppState>,
+    Json(mut agent): Json<RegisteredAgent>,
+) -> ApiResult<Response> {
+    // An operator hold is only set through PATCH .../status.
+    agent.status_hold = false;
+    let a = s.maestro.register_agent(agent).await?;
+    let token = s
+        .auth
+        .create(
+            Role::Agent,
+            Some(a.id.clone()),
+            format!("agent:{}", a.id),
+            None,
+            now_ms(),
+        )
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(json!({"success": true, "agent": a, "agentToken": token.secret})),
+    )
+        .into_response())
+}
+
+async fn upsert(
+    State(s): State<AppState>,
+    PathId(id): PathId,
+    Json(mut agent): Json<RegisteredAgent>,
+) -> ApiResult<Response> {
+    agent_id(&id)?;
+    if agent.id != id {
+        return Err(ApiError::validation(
+            format!("body id {:?} differs from the path's {id:?}", agent.id),
+            "id",
+        ));
+    }
+    agent.status_hold = false;
+    let (created, a) = s.maestro.upsert_agent(agent).await?;
+    if created {
+        let token = s
+            .auth
+            .create(
+                Role::Agent,
+                Some(a.id.clone()),
+                format!("agent:{}", a.id),
+                None,
+                now_ms(),
+            )
+            .await?;
+        return Ok((
+            StatusCode::CREATED,
+            axum::Json(json!({"success": true, "agent": a, "agentToken": token.secret})),
+        )
+            .into_response());
+    }
+    Ok(axum::Json(json!({"success": true, "agent": a})).into_response())
+}
+
+async fn list(State(s): State<AppState>, mut q: Query) -> ApiResult<Response> {
+    let statuses = q
+        .list("status")?
+        .into_iter()
+        .map(|v| match v.as_str() {
+            "online" => Ok(AgentStatus::Online),
+            "offline" => Ok(AgentStatus::Offline),
+            "degraded" => Ok(AgentStatus::Degraded),
+            other => Err(ApiError::validation(
+                format!("unknown status {other:?} (online, offline, degraded)"),
+                "status",
+            )),
+        })
+        .collect::<ApiResult<Vec<_>>>()?;
+    let query = AgentQuery {
+        types: q.list("types")?,
+        statuses,
+        capabilities: q.list("capabilities")?,
+        tags: q.list("tags")?,
+        ..Default::default()
+    };
+    let (limit, offset) = q.page(100, 1000)?;
+    q.finish()?;
+    let (agents, total) = s.maestro.query_agents(&AgentQuery {
+        limit,
+        offset,
+        ..query
+    });
+    Ok(axum::Json(
+        json!({"success": true, "count": agents.len(), "total": total, "agents": agents}),
+    )
+    .into_response())
+}
+
+fn found(s: &AppState, id: &str) -> ApiResult<RegisteredAgent> {
+    agent_id(id)?;
+    s.maestro
+        .get_agent(id)
+        .ok_or_else(|| maestro_core::Error::not_found("agent", id).into())
+}
+
+async fn get_one(State(s): State<AppState>, PathId(id): PathId, q: Query) -> ApiResult<Response> {
+    q.finish()?;
+    let a = found(&s, &id)?;
+    Ok(axum::Json(json!({"success": true, "agent": a})).into_response())
+}
+
+async fn deregister(State(s): State<AppState>, PathId(id): PathId) -> ApiResult<Response> {
+    agent_id(&id)?;
+    s.maestro.deregister_agent(&id).await?;
+    Ok(
+        axum::Json(json!({"success": true, "message": format!("agent {id} deregistered")}))
+            .into_response(),
+    )
+}
+
+/// `PATCH /maestro/agents/{agentId}/status`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct StatusBody {
+    status: AgentStatus,
+}
+
+async fn set_status(
+    State(s): State<AppState>,
+    PathId(id): PathId,
+    Json(body): Json<StatusBody>,
+) -> ApiResult<Response> {
+    agent_id(&id)?;
+    let a = s.maestro.update_agent_status(&id, body.status).await?;
+    Ok(axum::Json(json!({"success": true, "agent": a})).into_response())
+}
+
+/// `POST /maestro/agents/{agentId}/heartbeat`.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct HeartbeatBody {
+    /// What the agent reports about itself (any subset of AgentHealth).
+    #[serde(default)]
+    health: Option<AgentHealth>,
+}
+
+async fn heartbeat(
+    State(s): State<AppState>,
+    PathId(id): PathId,
+    OptionalJson(body): OptionalJson<HeartbeatBody>,
+) -> ApiResult<Response> {
+    agent_id(&id)?;
+    let a = s.maestro.heartbeat(&id, body.health).await?;
+    Ok(axum::Json(json!({"success": true, "agent": a})).into_response())
+}
+
+async fn get_health(State(s): State<AppState>, PathId(id): PathId) -> ApiResult<Response> {
+    agent_id(&id)?;
+    let h = s
+        .maestro
+        .get_agent_health(&id)
+        .ok_or_else(|| maestro_core::Error::not_found("agent", &id))?;
+    Ok(axum::Json(json!({"success": true, "health": h})).into_response())
+}
+
+async fn put_health(
+    State(s): State<AppState>,
+    PathId(id): PathId,
+    Json(h): Json<AgentHealth>,
+) -> ApiResult<Response> {
+    agent_id(&id)?;
+    let h = s.maestro.record_agent_health(&id, h).await?;
+    Ok(axum::Json(json!({"success": true, "health": h})).into_response())
+}
+
+async fn by_capability(
+    State(s): State<AppState>,
+    PathId(cap): PathId,
+    q: Query,
+) -> ApiResult<Response> {
+    q.finish()?;
+    let agents = s.maestro.find_agents_by_capability(&cap);
+    let n = agents.len();
+    Ok(
+        axum::Json(json!({"success": true, "count": n, "total": n, "agents": agents}))
+            .into_response(),
+    )
+}
+
+/// Used by the events route: an agent token publishes as itself only.
+pub(crate) fn check_source(p: &Principal, source: &Option<String>) -> ApiResult<()> {
+    if let Some(own) = p.agent()
+        && source.as_deref().is_some_and(|s| s != own)
+    {
+        return Err(ApiError::Forbidden(format!(
+            "an agent token publishes as its own agent ({own})"
+        )));
+    }
+    Ok(())
+}

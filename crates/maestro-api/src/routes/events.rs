@@ -1,0 +1,383 @@
+//! `/maestro/events`: history, by correlation, the live SSE stream, and
+//! events published by agents.
+//!
+//! The stream subscribes to the bus first and then reads the persisted log
+//! after the resume point, so nothing committed in between is missed (events
+//! are committed before they are published); events seen twice are dropped by
+//! seq. A client that falls more than `sseQueue` events behind is
+//! disconnected; it resumes with `Last-Event-ID` from the log.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Extension;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures_util::Stream;
+use maestro_core::model::{ChoreographyEvent, EventFilter, EventType, NewEvent};
+use maestro_core::ports::EventOrder;
+use maestro_engine::clock::now_ms;
+use maestro_engine::eventbus::EventStream;
+use schemars::JsonSchema;
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use super::{Access, Param, Route, get, post, q, schema};
+use crate::auth::Principal;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{Json, PathId, Query};
+use crate::redact::{self, SensitiveIndex};
+use crate::state::AppState;
+
+const FILTERS: [Param; 8] = [
+    q(
+        "eventTypes",
+        "list",
+        "Event types, e.g. workflow:completed,workflow:failed.",
+    ),
+    q("sourceAgent", "string", "Events from this agent."),
+    q("agentId", "string", "Events from or to this agent."),
+    q("workflowId", "string", "Events of this workflow."),
+    q("executionId", "string", "Events of this execution."),
+    q(
+        "correlationId",
+        "string",
+        "Events with this correlation id.",
+    ),
+    q(
+        "since",
+        "integer",
+        "Events at or after this time (ms since the epoch).",
+    ),
+    q("after", "integer", "Events after this seq."),
+];
+
+pub(crate) fn routes() -> Vec<Route> {
+    vec![
+        get("/maestro/events", Access::ReadOrAgent, history)
+            .doc(
+                "getEventHistory",
+                "Events",
+                "Persisted events in seq order: with after, the first limit after it; else the newest limit",
+            )
+            .query(&FILTERS)
+            .query(&[q("limit", "integer", "Events per answer (default 100, max 10000).")])
+            .list("events", schema::<ChoreographyEvent>),
+        get("/maestro/events/stream", Access::ReadOrAgent, stream)
+            .doc(
+                "streamEvents",
+                "Events",
+                "Live events as Server-Sent Events (id = seq, event = type); Last-Event-ID or ?after= resumes from the log",
+            )
+            .query(&FILTERS)
+            .raw(200, "text/event-stream"),
+        get("/maestro/events/{correlationId}", Access::ReadOrAgent, by_correlation)
+            .doc("getEventsByCorrelation", "Events", "Events of one correlation id, in seq order")
+            .query(&[
+                q("after", "integer", "Events after this seq."),
+                q("limit", "integer", "Events per answer (default 100, max 10000)."),
+            ])
+            .list("events", schema::<ChoreographyEvent>),
+        post("/maestro/events", Access::Publish, publish)
+            .doc(
+                "publishEvent",
+                "Events",
+                "Publish agent:event or agent:alert (an agent token publishes as itself)",
+            )
+            .body(schema::<PublishBody>)
+            .ok(201, "event", schema::<ChoreographyEvent>),
+    ]
+}
+
+fn filter(q: &mut Query) -> ApiResult<EventFilter> {
+    let event_types = q
+        .list("eventTypes")?
+        .into_iter()
+        .map(|t| {
+            EventType::parse(&t).ok_or_else(|| {
+                ApiError::validation(format!("unknown event type {t:?}"), "eventTypes")
+            })
+        })
+        .collect::<ApiResult<Vec<_>>>()?;
+    Ok(EventFilter {
+        event_types,
+        source_agent: q.string("sourceAgent")?,
+        agent_id: q.string("agentId")?,
+        workflow_id: q.string("workflowId")?,
+        execution_id: q.string("executionId")?,
+        correlation_id: q.string("correlationId")?,
+        since: q.u64("since")?,
+        after: q.u64("after")?,
+    })
+}
+
+fn listing(events: Vec<ChoreographyEvent>) -> Response {
+    let n = events.len();
+    axum::Json(json!({"success": true, "count": n, "total": n, "events": events})).into_response()
+}
+
+async fn history(
+    State(s): State<AppState>,
+    Extension(p): Extension<Principal>,
+    mut q: Query,
+) -> ApiResult<Response> {
+    let f = filter(&mut q)?;
+    let (limit, _) = page_limit(&mut q)?;
+    q.finish()?;
+    let events = s.maestro.get_event_history(&f, limit).await?;
+    let idx = SensitiveIndex::for_caller(&s, &p);
+    Ok(listing(
+        events
+            .into_iter()
+            .map(|e| redact::event(idx.as_ref(), e))
+            .collect(),
+    ))
+}
+
+fn page_limit(q: &mut Query) -> ApiResult<(usize, ())> {
+    let limit = q.u64("limit")?.unwrap_or(100);
+    if limit == 0 || limit > 10_000 {
+        return Err(ApiError::validation("limit must be 1-10000", "limit"));
+    }
+    Ok((limit as usize, ()))
+}
+
+async fn by_correlation(
+    State(s): State<AppState>,
+    Extension(p): Extension<Principal>,
+    PathId(correlation): PathId,
+    mut q: Query,
+) -> ApiResult<Response> {
+    let after = q.u64("after")?;
+    let (limit, _) = page_limit(&mut q)?;
+    q.finish()?;
+    let events = s
+        .maestro
+        .get_events_by_correlation(&correlation, after, limit)
+        .await?;
+    let idx = SensitiveIndex::for_caller(&s, &p);
+    Ok(listing(
+        events
+            .into_iter()
+            .map(|e| redact::event(idx.as_ref(), e))
+            .collect(),
+    ))
+}
+
+/// `POST /maestro/events`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(crate) struct PublishBody {
+    /// `agent:event` or `agent:alert`.
+    #[serde(rename = "type")]
+    event_type: EventType,
+    #[serde(default)]
+    payload: Value,
+    /// Defaults to the token's agent (agent tokens) or name.
+    #[serde(default)]
+    source_agent: Option<String>,
+    #[serde(default)]
+    target_agent: Option<String>,
+    #[serde(default)]
+    correlation_id: Option<String>,
+    #[serde(default)]
+    metadata: Option<Map<String, Value>>,
+}
+
+async fn publish(
+    State(s): State<AppState>,
+    Extension(p): Extension<Principal>,
+    Json(b): Json<PublishBody>,
+) -> ApiResult<Response> {
+    if !matches!(b.event_type, EventType::AgentEvent | EventType::AgentAlert) {
+        return Err(ApiError::validation(
+            format!(
+                "only agent:event and agent:alert may be published, not {}",
+                b.event_type.as_str()
+            ),
+            "type",
+        ));
+    }
+    super::agents::check_source(&p, &b.source_agent)?;
+    for (field, v) in [
+        ("sourceAgent", &b.source_agent),
+        ("targetAgent", &b.target_agent),
+        ("correlationId", &b.correlation_id),
+    ] {
+        if v.as_ref().is_some_and(|v| v.is_empty() || v.len() > 256) {
+            return Err(ApiError::validation(
+                format!("{field} must be 1-256 characters"),
+                field,
+            ));
+        }
+    }
+    let source = b
+        .source_agent
+        .or_else(|| p.agent().map(str::to_owned))
+        .unwrap_or_else(|| p.name.clone());
+    let e = s
+        .maestro
+        .publish_event(NewEvent {
+            event_type: b.event_type,
+            source_agent: source,
+            target_agent: b.target_agent,
+            workflow_id: None,
+            execution_id: None,
+            payload: b.payload,
+            timestamp: now_ms(),
+            correlation_id: b.correlation_id.unwrap_or_default(),
+            metadata: b.metadata,
+        })
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(json!({"success": true, "event": e})),
+    )
+        .into_response())
+}
+
+/// Where an SSE connection is.
+enum Phase {
+    /// Reading the persisted log after `after`.
+    Backlog {
+        after: u64,
+    },
+    Live,
+    Done,
+}
+
+struct Streaming {
+    state: AppState,
+    filter: EventFilter,
+    live: EventStream,
+    idx: Option<Arc<SensitiveIndex>>,
+    phase: Phase,
+    pending: std::collections::VecDeque<ChoreographyEvent>,
+    last_sent: u64,
+}
+
+fn sse_event(e: &ChoreographyEvent) -> Event {
+    Event::default()
+        .id(e.seq.to_string())
+        .event(e.event_type.as_str())
+        .data(serde_json::to_string(e).unwrap_or_else(|_| "{}".into()))
+}
+
+impl Streaming {
+    /// The next event to send, or `None` to end the stream.
+    async fn next(&mut self) -> Option<Event> {
+        loop {
+            if let Some(e) = self.pending.pop_front() {
+                if e.seq <= self.last_sent {
+                    continue;
+                }
+                self.last_sent = e.seq;
+                let e = redact::event(self.idx.as_deref(), e);
+                return Some(sse_event(&e));
+            }
+            match self.phase {
+                Phase::Done => return None,
+                Phase::Backlog { after } => {
+                    let f = EventFilter {
+                        after: Some(after),
+                        ..self.filter.clone()
+                    };
+                    const PAGE: usize = 500;
+                    match self
+                        .state
+                        .maestro
+                        .store()
+                        .query_events(&f, EventOrder::Ascending, PAGE)
+                        .await
+                    {
+                        Ok(batch) => {
+                            let full = batch.len() == PAGE;
+                            let next_after = batch.last().map(|e| e.seq).unwrap_or(after);
+                            self.pending.extend(batch);
+                            self.phase = if full {
+                                Phase::Backlog { after: next_after }
+                            } else {
+                                Phase::Live
+                            };
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "event stream: reading the log failed");
+                            self.phase = Phase::Done;
+                        }
+                    }
+                }
+                Phase::Live => {
+                    let got = tokio::select! {
+                        e = self.live.recv() => e,
+                        _ = self.state.shutdown.cancelled() => None,
+                    };
+                    if self.live.dropped() > 0 {
+                        // Fell behind: end here; the client resumes from the log
+                        // with Last-Event-ID.
+                        tracing::debug!(
+                            stream = self.live.id(),
+                            "slow event-stream client dropped"
+                        );
+                        self.phase = Phase::Done;
+                        continue;
+                    }
+                    match got {
+                        Some(e) => self.pending.push_back(e),
+                        None => self.phase = Phase::Done,
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn stream(
+    State(s): State<AppState>,
+    Extension(p): Extension<Principal>,
+    headers: HeaderMap,
+    mut q: Query,
+) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
+    let mut f = filter(&mut q)?;
+    q.finish()?;
+    let resume = match headers.get("last-event-id") {
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .ok_or_else(|| {
+                    ApiError::validation("Last-Event-ID must be an event seq", "Last-Event-ID")
+                })?,
+        ),
+        None => f.after,
+    };
+    f.after = None;
+    if s.is_draining() {
+        return Err(ApiError::NotReady("the server is shutting down".into()));
+    }
+    // Subscribe before reading the log: nothing falls in between.
+    let live = s.maestro.subscribe(f.clone(), s.opts.sse_queue);
+    let idx = SensitiveIndex::for_caller(&s, &p).map(Arc::new);
+    let streaming = Streaming {
+        state: s.clone(),
+        filter: f,
+        live,
+        idx,
+        phase: match resume {
+            Some(after) => Phase::Backlog { after },
+            None => Phase::Live,
+        },
+        pending: Default::default(),
+        last_sent: resume.unwrap_or(0),
+    };
+    let events = futures_util::stream::unfold(streaming, |mut st| async move {
+        st.next().await.map(|e| (Ok(e), st))
+    });
+    Ok(Sse::new(events).keep_alive(
+        KeepAlive::new()
+            .interval(Duration::from_millis(s.opts.sse_keepalive_ms))
+            .text("keep-alive"),
+    ))
+}

@@ -1,0 +1,238 @@
+//! `/maestro/workflows`: define, read, update, delete, execute.
+
+use std::time::Duration;
+
+use axum::Extension;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use maestro_core::model::{Workflow, WorkflowExecution, validate_id};
+use maestro_engine::ExecuteOptions;
+use schemars::JsonSchema;
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use super::{Access, PAGE, Route, delete, get, patch, post, q, schema};
+use crate::auth::Principal;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{Json, JsonOrYaml, OptionalJson, PathId, Query};
+use crate::routes::executions::redact;
+use crate::state::AppState;
+
+pub(crate) fn routes() -> Vec<Route> {
+    const W: &str = "/maestro/workflows";
+    const ONE: &str = "/maestro/workflows/{workflowId}";
+    vec![
+        post(W, Access::Operator, define)
+            .doc("defineWorkflow", "Workflows", "Define a workflow (JSON or YAML)")
+            .body_types(
+                schema::<Workflow>,
+                &["application/json", "application/yaml"],
+            )
+            .ok(201, "workflow", schema::<Workflow>)
+            .errors(&[409]),
+        get(W, Access::ReadOrAgent, list)
+            .doc("listWorkflows", "Workflows", "List workflows (latest revisions)")
+            .query(&[q("tags", "list", "Workflows carrying every one of these tags.")])
+            .query(&PAGE)
+            .list("workflows", schema::<Workflow>),
+        get(ONE, Access::ReadOrAgent, get_one)
+            .doc("getWorkflow", "Workflows", "A workflow: the latest revision or ?revision=N")
+            .query(&[q("revision", "integer", "A past revision.")])
+            .ok(200, "workflow", schema::<Workflow>)
+            .errors(&[404]),
+        patch(ONE, Access::Operator, update)
+            .doc("updateWorkflow", "Workflows", "Merge-patch a workflow: a new revision")
+            .body(schema::<Value>)
+            .ok(200, "workflow", schema::<Workflow>)
+            .errors(&[404]),
+        delete(ONE, Access::Operator, remove)
+            .doc("deleteWorkflow", "Workflows", "Delete a workflow (409 while executions of it are active)")
+            .json(200, schema::<super::admin::Message>)
+            .errors(&[404, 409]),
+        post("/maestro/workflows/{workflowId}/execute", Access::Operator, execute)
+            .doc(
+                "executeWorkflow",
+                "Workflows",
+                "Start an execution (202); ?wait=<ms> answers 200 with the finished execution; an Idempotency-Key seen before answers 200 with the existing one",
+            )
+            .query(&[q("wait", "integer", "Wait up to this many ms for the execution to finish.")])
+            .optional_body(schema::<ExecuteBody>)
+            .ok(202, "execution", schema::<WorkflowExecution>)
+            .ok(200, "execution", schema::<WorkflowExecution>)
+            .errors(&[404, 409, 429]),
+    ]
+}
+
+fn workflow_id(id: &str) -> ApiResult<()> {
+    validate_id("workflow", id).map_err(|e| e.field("workflowId").into())
+}
+
+async fn define(
+    State(s): State<AppState>,
+    Extension(p): Extension<Principal>,
+    JsonOrYaml(wf): JsonOrYaml<Workflow>,
+) -> ApiResult<Response> {
+    let wf = s.maestro.define_workflow(wf, &p.name).await?;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(json!({"success": true, "workflow": wf})),
+    )
+        .into_response())
+}
+
+async fn list(State(s): State<AppState>, mut q: Query) -> ApiResult<Response> {
+    let tags = q.list("tags")?;
+    let (limit, offset) = q.page(100, 1000)?;
+    q.finish()?;
+    let page = s.maestro.list_workflows(&tags, limit, offset).await?;
+    Ok(axum::Json(
+        json!({"success": true, "count": page.items.len(), "total": page.total,
+        "workflows": page.items}),
+    )
+    .into_response())
+}
+
+async fn get_one(
+    State(s): State<AppState>,
+    PathId(id): PathId,
+    mut q: Query,
+) -> ApiResult<Response> {
+    workflow_id(&id)?;
+    let revision = q.u64("revision")?;
+    q.finish()?;
+    if revision == Some(0) {
+        return Err(ApiError::validation("revision starts at 1", "revision"));
+    }
+    let wf = s
+        .maestro
+        .get_workflow(&id, revision)
+        .await?
+        .ok_or_else(|| match revision {
+            Some(r) => maestro_core::Error::not_found("workflow revision", format!("{id}@{r}")),
+            None => maestro_core::Error::not_found("workflow", &id),
+        })?;
+    Ok(axum::Json(json!({"success": true, "workflow": wf})).into_response())
+}
+
+async fn update(
+    State(s): State<AppState>,
+    PathId(id): PathId,
+    Json(patch): Json<Value>,
+) -> ApiResult<Response> {
+    workflow_id(&id)?;
+    if !patch.is_object() {
+        return Err(ApiError::Validation {
+            message: "the body must be a JSON object (a merge patch of the workflow)".into(),
+            field: None,
+        });
+    }
+    let wf = s.maestro.update_workflow(&id, &patch).await?;
+    Ok(axum::Json(json!({"success": true, "workflow": wf})).into_response())
+}
+
+async fn remove(State(s): State<AppState>, PathId(id): PathId) -> ApiResult<Response> {
+    workflow_id(&id)?;
+    s.maestro.delete_workflow(&id).await?;
+    Ok(
+        axum::Json(json!({"success": true, "message": format!("workflow {id} deleted")}))
+            .into_response(),
+    )
+}
+
+/// `POST /maestro/workflows/{workflowId}/execute`.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(crate) struct ExecuteBody {
+    /// Inputs of this run (over the workflow's initialInputs).
+    #[serde(default)]
+    inputs: Map<String, Value>,
+    /// Defaults to the execution id.
+    #[serde(default)]
+    correlation_id: Option<String>,
+    #[serde(default)]
+    parent_execution_id: Option<String>,
+}
+
+async fn execute(
+    State(s): State<AppState>,
+    Extension(p): Extension<Principal>,
+    PathId(id): PathId,
+    headers: HeaderMap,
+    mut q: Query,
+    OptionalJson(body): OptionalJson<ExecuteBody>,
+) -> ApiResult<Response> {
+    workflow_id(&id)?;
+    let wait = q.u64("wait")?;
+    q.finish()?;
+    if let Some(w) = wait
+        && w > s.opts.max_wait_ms
+    {
+        return Err(ApiError::validation(
+            format!("wait must be at most {} ms", s.opts.max_wait_ms),
+            "wait",
+        ));
+    }
+    let key = match headers.get("idempotency-key") {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .map_err(|_| {
+                    ApiError::validation("Idempotency-Key must be ASCII", "Idempotency-Key")
+                })?
+                .to_owned(),
+        ),
+    };
+    if let Some(parent) = &body.parent_execution_id
+        && (parent.is_empty() || parent.len() > 256)
+    {
+        return Err(ApiError::validation(
+            "parentExecutionId must be 1-256 characters",
+            "parentExecutionId",
+        ));
+    }
+    if s.is_draining() {
+        return Err(ApiError::NotReady("the server is shutting down".into()));
+    }
+    let (exec, existing) = s
+        .maestro
+        .execute_workflow(
+            &id,
+            ExecuteOptions {
+                inputs: body.inputs,
+                correlation_id: body.correlation_id,
+                parent_execution_id: body.parent_execution_id,
+                idempotency_key: key,
+            },
+        )
+        .await?;
+    // 202 for a new execution; 200 for an existing one (Idempotency-Key) or,
+    // with `?wait=`, for one that finished in time.
+    let (status, exec) = match wait {
+        Some(ms) => {
+            let done = if exec.status.is_terminal() {
+                exec
+            } else {
+                let waited = tokio::select! {
+                    r = s.maestro.wait_for_execution(&exec.id, Duration::from_millis(ms)) => r?,
+                    _ = s.shutdown.cancelled() => s.maestro.get_execution(&exec.id).await?,
+                };
+                waited.unwrap_or(exec)
+            };
+            let code = if done.status.is_terminal() || existing {
+                StatusCode::OK
+            } else {
+                StatusCode::ACCEPTED
+            };
+            (code, done)
+        }
+        None if existing => (StatusCode::OK, exec),
+        None => (StatusCode::ACCEPTED, exec),
+    };
+    let exec = redact(&s, &p, exec).await;
+    Ok((
+        status,
+        axum::Json(json!({"success": true, "execution": exec})),
+    )
+        .into_response())
+}

@@ -1,0 +1,90 @@
+//! What every handler shares.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use maestro_engine::Maestro;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::Auth;
+
+/// Limits and knobs of the HTTP layer (server settings, not runtime config).
+#[derive(Debug, Clone)]
+pub struct ApiOptions {
+    /// Largest accepted request body (`maxBodyBytes`, 413 above).
+    pub max_body_bytes: usize,
+    /// Deepest accepted JSON nesting (`maxJsonDepth`, 400 above).
+    pub max_json_depth: usize,
+    /// Longest `?wait=` of execute, ms.
+    pub max_wait_ms: u64,
+    /// Events an SSE client may fall behind before it is dropped.
+    pub sse_queue: usize,
+    /// Interval of SSE keep-alive comments, ms.
+    pub sse_keepalive_ms: u64,
+}
+
+impl Default for ApiOptions {
+    fn default() -> Self {
+        ApiOptions {
+            max_body_bytes: 1 << 20,
+            max_json_depth: 64,
+            max_wait_ms: 60_000,
+            sse_queue: 1024,
+            sse_keepalive_ms: 15_000,
+        }
+    }
+}
+
+pub struct Inner {
+    pub maestro: Maestro,
+    pub auth: Auth,
+    pub opts: ApiOptions,
+    pub prometheus: PrometheusHandle,
+    /// Cancelled when the server drains: event streams and `?wait=` end.
+    pub shutdown: CancellationToken,
+    draining: AtomicBool,
+}
+
+/// Shared state of the router. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+impl std::ops::Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("opts", &self.opts)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AppState {
+    pub fn new(maestro: Maestro, auth: Auth, opts: ApiOptions) -> Self {
+        AppState(Arc::new(Inner {
+            maestro,
+            auth,
+            opts,
+            prometheus: crate::metrics::handle(),
+            shutdown: CancellationToken::new(),
+            draining: AtomicBool::new(false),
+        }))
+    }
+
+    /// Stop taking new work: `/readyz` answers 503 from now on.
+    /// Long-lived requests (event streams, `?wait=`) end now.
+    pub fn set_draining(&self) {
+        self.0.draining.store(true, Ordering::SeqCst);
+        self.0.shutdown.cancel();
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.0.draining.load(Ordering::SeqCst)
+    }
+}
