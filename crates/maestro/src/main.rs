@@ -1,18 +1,171 @@
-//! The `maestro` binary. `maestro serve` (the HTTP API) is being built; until it
-//! lands this binary says so and exits, and Maestro is used as a library
-//! (`maestro-engine`).
+//! `maestro`: the server (`maestro serve`).
 
-fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
-        Some("--version") | Some("-V") => println!("maestro {}", env!("CARGO_PKG_VERSION")),
-        _ => {
-            eprintln!(
-                "maestro {}: the HTTP server (`maestro serve`) is not built yet; \
-                 use the maestro-engine library (see README.md)",
-                env!("CARGO_PKG_VERSION")
-            );
-            std::process::exit(2);
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use maestro_server::serve;
+use maestro_server::settings::{self, Flags, LogFormat};
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::prelude::*;
+use tracing_subscriber::reload;
+
+#[derive(Debug, Parser)]
+#[command(name = "maestro", version, about = "Durable multi-agent orchestration")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server (embedded SQLite by default).
+    Serve {
+        /// Address to listen on; 127.0.0.1:0 picks a free port.
+        #[arg(long)]
+        listen: Option<String>,
+        /// Directory of the database and admin.token.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// sqlite://<path> (default sqlite://<dataDir>/maestro.db).
+        #[arg(long)]
+        database_url: Option<String>,
+        /// Config file (default ./maestro.toml when present).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve {
+            listen,
+            data_dir,
+            database_url,
+            config,
+        } => {
+            let flags = Flags {
+                config,
+                listen,
+                data_dir,
+                database_url,
+            };
+            let env: Vec<(String, String)> = std::env::vars().collect();
+            let settings = match settings::load(&flags, &env) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("maestro: {e:#}");
+                    return std::process::ExitCode::from(2);
+                }
+            };
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("maestro: starting the runtime: {e}");
+                    return std::process::ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(run(settings)) {
+                Ok(()) => std::process::ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("maestro: {e:#}");
+                    std::process::ExitCode::FAILURE
+                }
+            }
         }
+    }
+}
+
+/// Logs go to stderr (stdout carries only the ready line), at `logLevel`,
+/// which a PATCH of the config changes at run time.
+fn init_logging(
+    settings: &settings::Settings,
+) -> reload::Handle<EnvFilter, tracing_subscriber::Registry> {
+    let filter = EnvFilter::new(level_directive(settings.runtime.log_level.as_str()));
+    let (filter, handle) = reload::Layer::new(filter);
+    let registry = tracing_subscriber::registry().with(filter);
+    match settings.server.log_format {
+        LogFormat::Json => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_writer(std::io::stderr),
+            )
+            .init(),
+        LogFormat::Text => registry
+            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .init(),
+    }
+    handle
+}
+
+/// Maestro's own crates at `level`; dependencies one notch quieter.
+fn level_directive(level: &str) -> String {
+    let deps = match level {
+        "trace" | "debug" => "info",
+        other => other,
+    };
+    format!(
+        "{deps},maestro={level},maestro_server={level},maestro_api={level},maestro_engine={level},maestro_store={level},maestro_core={level}"
+    )
+}
+
+async fn run(settings: settings::Settings) -> anyhow::Result<()> {
+    let log = init_logging(&settings);
+    let running = serve::start(settings.clone()).await?;
+    if let Some(token) = &running.generated_admin_token {
+        // Printed once, never through the logger.
+        eprintln!(
+            "maestro: generated the admin token (stored hashed; also written to {}):\n\n    {token}\n",
+            settings.server.data_dir.join("admin.token").display()
+        );
+    }
+    println!("maestro listening on http://{}", running.addr);
+    tracing::info!(addr = %running.addr, data_dir = %settings.server.data_dir.display(), "maestro ready");
+
+    // Apply logLevel changes made through PATCH /maestro/config.
+    let maestro = running.maestro.clone();
+    let watcher = tokio::spawn(async move {
+        let mut current = maestro.get_config().log_level;
+        loop {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            let wanted = maestro.get_config().log_level;
+            if wanted != current {
+                current = wanted;
+                let _ = log.reload(EnvFilter::new(level_directive(wanted.as_str())));
+                tracing::info!(level = wanted.as_str(), "log level changed");
+            }
+        }
+    });
+
+    shutdown_signal().await;
+    tracing::info!("shutting down: draining");
+    watcher.abort();
+    running.stop().await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
     }
 }

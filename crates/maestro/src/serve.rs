@@ -1,0 +1,148 @@
+//! `maestro serve`: wire the store, the engine, the transports and the HTTP API
+//! together, and run them until told to stop.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use maestro_api::auth::Auth;
+use maestro_api::outbound::{AllowList, HttpOutbound};
+use maestro_api::push::{HttpPushInvoker, PushOptions};
+use maestro_api::{ApiOptions, AppState};
+use maestro_core::choreography::Limits;
+use maestro_core::ports::Store;
+use maestro_engine::{Maestro, MaestroOptions};
+use maestro_store::SqliteStore;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::settings::{Settings, write_admin_token};
+
+/// A server that is up: listening, engine running.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub state: AppState,
+    pub maestro: Maestro,
+    /// The admin token generated at this start (first start only).
+    pub generated_admin_token: Option<String>,
+    stop: CancellationToken,
+    server: JoinHandle<std::io::Result<()>>,
+}
+
+impl std::fmt::Debug for Running {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Running")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Open the store named by the settings.
+pub async fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
+    let url = settings.server.database_url();
+    if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+        bail!("the PostgreSQL store is not available in this build yet; use sqlite://");
+    }
+    if !url.starts_with("sqlite:") {
+        bail!("unsupported databaseUrl {url:?} (sqlite://<path>)");
+    }
+    let store = SqliteStore::open_url(&url)
+        .await
+        .with_context(|| format!("opening {url}"))?;
+    Ok(Arc::new(store))
+}
+
+/// Start everything; answers once `/readyz` would answer 200.
+pub async fn start(settings: Settings) -> anyhow::Result<Running> {
+    let srv = &settings.server;
+    std::fs::create_dir_all(&srv.data_dir)
+        .with_context(|| format!("creating the data dir {}", srv.data_dir.display()))?;
+    let store = open_store(&settings).await?;
+
+    let allow = match &srv.outbound_allow_list {
+        Some(list) => AllowList::new(list).map_err(anyhow::Error::msg)?,
+        None => AllowList::default_for_listen(srv.listen.ip().is_loopback()),
+    };
+    let push = HttpPushInvoker::new(
+        allow.clone(),
+        PushOptions {
+            max_response_bytes: srv.max_output_bytes + (64 << 10),
+            ..PushOptions::default()
+        },
+    );
+    let mut opts = MaestroOptions::new(store.clone());
+    opts.config = settings.runtime.clone();
+    opts.health_probe = Some(Arc::new(push.health_probe()));
+    opts.http_invoker = Some(Arc::new(push));
+    opts.outbound = Some(Arc::new(HttpOutbound::new(allow)));
+    opts.limits = Limits {
+        max_steps: srv.max_steps_per_workflow,
+        ..Limits::default()
+    };
+    opts.max_queued_executions = srv.max_queued_executions;
+    opts.max_output_bytes = srv.max_output_bytes;
+    opts.drain_timeout_ms = srv.drain_timeout_ms;
+    let maestro = Maestro::initialize(opts)
+        .await
+        .context("starting the engine")?;
+
+    let auth = Auth::new(store.clone(), srv.admin_token.as_deref());
+    let generated = auth
+        .bootstrap(maestro_engine::clock::now_ms())
+        .await
+        .map_err(|e| anyhow::anyhow!("creating the admin token: {e}"))?;
+    let generated_admin_token = match generated {
+        Some(m) => {
+            write_admin_token(&srv.data_dir, &m.secret)?;
+            Some(m.secret)
+        }
+        None => None,
+    };
+
+    let state = AppState::new(
+        maestro.clone(),
+        auth,
+        ApiOptions {
+            max_body_bytes: srv.max_body_bytes,
+            max_json_depth: srv.max_json_depth,
+            max_wait_ms: srv.max_wait_ms,
+            sse_queue: srv.sse_queue,
+            sse_keepalive_ms: srv.sse_keepalive_ms,
+        },
+    );
+    let listener = tokio::net::TcpListener::bind(srv.listen)
+        .await
+        .with_context(|| format!("listening on {}", srv.listen))?;
+    let addr = listener.local_addr()?;
+    let stop = CancellationToken::new();
+    let signal = stop.clone();
+    let server = tokio::spawn(maestro_api::serve(
+        listener,
+        state.clone(),
+        async move { signal.cancelled().await },
+        Duration::from_millis(srv.drain_timeout_ms),
+    ));
+    Ok(Running {
+        addr,
+        state,
+        maestro,
+        generated_admin_token,
+        stop,
+        server,
+    })
+}
+
+impl Running {
+    /// Drain: stop accepting, end streams, let requests and agent calls in
+    /// flight finish (up to the drain deadline), persist, stop the engine.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.stop.cancel();
+        let served = self.server.await;
+        self.maestro.shutdown().await;
+        match served {
+            Ok(r) => r.context("serving"),
+            Err(e) => Err(anyhow::anyhow!("server task failed: {e}")),
+        }
+    }
+}

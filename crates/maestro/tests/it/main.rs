@@ -1,0 +1,8 @@
+//! End-to-end tests of `maestro serve`: the real server on 127.0.0.1:0 with a
+//! temp data dir, driven over HTTP, with agents as real HTTP servers.
+
+mod api;
+mod openapi;
+mod process;
+mod sse;
+mod support;

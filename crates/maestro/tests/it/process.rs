@@ -1,0 +1,199 @@
+//! The `maestro` binary as a process: the ready line, SIGTERM exits 0 after a
+//! drain, SIGKILL mid-workflow and a restart on the same data dir finishes
+//! every execution.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::support::Agent;
+
+struct Proc {
+    child: Child,
+    base: String,
+    admin: String,
+    client: reqwest::Client,
+}
+
+fn spawn(dir: &Path) -> Proc {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_maestro"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir)
+        .env("MAESTRO_LOG", "warn")
+        .env(
+            "MAESTRO_DEFAULT_RETRY_POLICY",
+            "{\"maxAttempts\": 3, \"delayMs\": 10}",
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("maestro binary runs");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let base = line
+        .trim()
+        .strip_prefix("maestro listening on ")
+        .unwrap_or_else(|| panic!("ready line, got {line:?}"))
+        .to_owned();
+    let admin = std::fs::read_to_string(dir.join("admin.token"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    Proc {
+        child,
+        base,
+        admin,
+        client: reqwest::Client::new(),
+    }
+}
+
+impl Proc {
+    async fn post(&self, path: &str, body: serde_json::Value) -> (StatusCode, serde_json::Value) {
+        let r = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(&self.admin)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        (r.status(), r.json().await.unwrap())
+    }
+    async fn get(&self, path: &str) -> serde_json::Value {
+        self.client
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&self.admin)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+    }
+}
+
+async fn setup_chain(p: &Proc, agent: &Agent, steps: usize) {
+    let (st, v) = p
+        .post(
+            "/maestro/agents",
+            json!({"id": "worker", "type": "worker", "endpoint": agent.endpoint(),
+                   "capabilities": [{"id": "work"}]}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    let chain: Vec<_> = (0..steps)
+        .map(|i| {
+            let mut s = json!({"id": format!("s{i}"), "agentId": "worker", "capability": "work",
+                               "inputs": {"n": i}});
+            if i > 0 {
+                s["dependencies"] = json!([format!("s{}", i - 1)]);
+            }
+            s
+        })
+        .collect();
+    let (st, v) = p
+        .post(
+            "/maestro/workflows",
+            json!({"id": "chain", "name": "Chain", "steps": chain}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_workflow_then_restart_finishes_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(|b| (200, json!({"outputs": {"done": b["stepId"]}}))).await;
+    agent.delay_ms.store(50, Ordering::SeqCst);
+    let mut p = spawn(dir.path());
+    setup_chain(&p, &agent, 6).await;
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        let (st, v) = p.post("/maestro/workflows/chain/execute", json!({})).await;
+        assert_eq!(st, StatusCode::ACCEPTED);
+        ids.push(v["execution"]["id"].as_str().unwrap().to_owned());
+    }
+    // Let some steps complete, then kill -9 mid-run.
+    while agent.calls.load(Ordering::SeqCst) < 5 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    p.child.kill().unwrap(); // SIGKILL
+    p.child.wait().unwrap();
+
+    let mut p = spawn(dir.path());
+    for id in &ids {
+        let mut e = serde_json::Value::Null;
+        for _ in 0..500 {
+            e = p.get(&format!("/maestro/executions/{id}")).await["execution"].clone();
+            if e["status"] == "completed" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(e["status"], "completed", "{e}");
+        for i in 0..6 {
+            assert_eq!(e["stepExecutions"][format!("s{i}")]["status"], "completed");
+        }
+    }
+    // Exactly one terminal event per execution, across the crash.
+    let events = p
+        .get("/maestro/events?eventTypes=workflow:completed,workflow:failed&limit=100")
+        .await;
+    assert_eq!(events["count"], 4, "{events}");
+    p.signal("-TERM");
+    assert!(p.child.wait().unwrap().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_and_exits_zero_and_work_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(|_| (200, json!({"outputs": {}}))).await;
+    agent.delay_ms.store(300, Ordering::SeqCst);
+    let mut p = spawn(dir.path());
+    setup_chain(&p, &agent, 3).await;
+    let (_, v) = p.post("/maestro/workflows/chain/execute", json!({})).await;
+    let id = v["execution"]["id"].as_str().unwrap().to_owned();
+    while agent.calls.load(Ordering::SeqCst) < 1 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    p.signal("-TERM");
+    let status = p.child.wait().unwrap();
+    assert!(status.success(), "exit status {status:?}");
+    // The call in flight finished during the drain and was persisted.
+    let p = spawn(dir.path());
+    let mut e = serde_json::Value::Null;
+    for _ in 0..500 {
+        e = p.get(&format!("/maestro/executions/{id}")).await["execution"].clone();
+        if e["status"] == "completed" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(e["status"], "completed", "{e}");
+    assert_eq!(
+        e["stepExecutions"]["s0"]["attempts"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1,
+        "the drained call was not repeated: {e}"
+    );
+    p.signal("-TERM");
+    let mut child = p.child;
+    assert!(child.wait().unwrap().success());
+}
