@@ -407,7 +407,7 @@ impl<S: Send + Sync> FromRequestParts<S> for PathId {
         let params = axum::extract::RawPathParams::from_request_parts(parts, state)
             .await
             .map_err(|e| ApiError::Validation {
-                message: format!("bad path: {e}"),
+                message: format!("bad path: {}", e.body_text()),
                 field: None,
             })?;
         let (name, value) = params

@@ -111,8 +111,7 @@ impl Catalog {
         }
         let mut doc = serde_json::to_value(&current).map_err(|e| Error::store(e.to_string()))?;
         merge_patch(&mut doc, &Value::Object(p));
-        let mut wf: Workflow = serde_json::from_value(doc)
-            .map_err(|e| Error::validation(format!("invalid workflow: {e}")))?;
+        let mut wf: Workflow = maestro_core::model::from_value_at_path(doc, "invalid workflow")?;
         validate_workflow(&wf, &self.limits)?;
         wf.revision = current.revision + 1;
         wf.created_at = current.created_at;

@@ -87,6 +87,7 @@ pub(crate) fn routes() -> Vec<Route> {
             .json(201, schema::<TokenCreated>),
         get("/maestro/tokens", Access::Admin, list_tokens)
             .doc("listTokens", "Tokens", "Tokens (never their secrets)")
+            .query(&super::PAGE)
             .list("tokens", schema::<TokenRecord>),
         delete("/maestro/tokens/{tokenId}", Access::Admin, revoke_token)
             .doc("revokeToken", "Tokens", "Revoke a token")
@@ -110,6 +111,7 @@ pub(crate) fn routes() -> Vec<Route> {
                 "Subscriptions",
                 "Webhook subscriptions",
             )
+            .query(&super::PAGE)
             .list("subscriptions", schema::<SubscriptionRecord>),
         delete(
             "/maestro/subscriptions/{subscriptionId}",
@@ -164,8 +166,9 @@ async fn openapi(q: Query) -> ApiResult<Response> {
     Ok(axum::Json(crate::openapi::document()).into_response())
 }
 
-async fn get_config(State(s): State<AppState>) -> Response {
-    axum::Json(json!({"success": true, "config": s.maestro.get_config()})).into_response()
+async fn get_config(State(s): State<AppState>, q: Query) -> ApiResult<Response> {
+    q.finish()?;
+    Ok(axum::Json(json!({"success": true, "config": s.maestro.get_config()})).into_response())
 }
 
 /// Settings read at start that a PATCH cannot change.
@@ -260,13 +263,20 @@ async fn create_token(State(s): State<AppState>, Json(b): Json<TokenBody>) -> Ap
         .into_response())
 }
 
-async fn list_tokens(State(s): State<AppState>) -> ApiResult<Response> {
+/// A page of an in-memory list.
+fn paged<T: Serialize>(key: &str, items: Vec<T>, limit: usize, offset: usize) -> Response {
+    let total = items.len();
+    let page: Vec<T> = items.into_iter().skip(offset).take(limit).collect();
+    let mut body = json!({"success": true, "count": page.len(), "total": total});
+    body[key] = serde_json::to_value(page).unwrap_or_default();
+    axum::Json(body).into_response()
+}
+
+async fn list_tokens(State(s): State<AppState>, mut q: Query) -> ApiResult<Response> {
+    let (limit, offset) = q.page(100, 1000)?;
+    q.finish()?;
     let tokens = s.auth.list().await?;
-    let n = tokens.len();
-    Ok(
-        axum::Json(json!({"success": true, "count": n, "total": n, "tokens": tokens}))
-            .into_response(),
-    )
+    Ok(paged("tokens", tokens, limit, offset))
 }
 
 async fn revoke_token(State(s): State<AppState>, PathId(id): PathId) -> ApiResult<Response> {
@@ -346,13 +356,11 @@ async fn create_subscription(
         .into_response())
 }
 
-async fn list_subscriptions(State(s): State<AppState>) -> ApiResult<Response> {
+async fn list_subscriptions(State(s): State<AppState>, mut q: Query) -> ApiResult<Response> {
+    let (limit, offset) = q.page(100, 1000)?;
+    q.finish()?;
     let subs = s.maestro.store().list_subscriptions().await?;
-    let n = subs.len();
-    Ok(
-        axum::Json(json!({"success": true, "count": n, "total": n, "subscriptions": subs}))
-            .into_response(),
-    )
+    Ok(paged("subscriptions", subs, limit, offset))
 }
 
 async fn delete_subscription(State(s): State<AppState>, PathId(id): PathId) -> ApiResult<Response> {

@@ -2,8 +2,10 @@
 //! may call it and its documentation. The router and the OpenAPI document are
 //! both built from this table, so they cannot disagree.
 
+use std::sync::Arc;
+
 use axum::Router;
-use axum::extract::{RawPathParams, Request, State};
+use axum::extract::{FromRequestParts, RawPathParams, Request, State};
 use axum::http::Method;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -278,19 +280,47 @@ pub fn table() -> Vec<Route> {
 struct Guard {
     state: AppState,
     access: Access,
+    /// The documented query parameters: anything else is refused here, so a
+    /// route cannot accept a parameter its documentation does not list.
+    query: Arc<[&'static str]>,
 }
 
-/// Authenticate, then check the route's [`Access`]; the principal goes into
-/// the request's extensions for the handler.
-async fn guard(
-    State(g): State<Guard>,
-    params: RawPathParams,
-    mut req: Request,
-    next: Next,
-) -> Response {
+/// Refuse query parameters the route does not take (400 naming the first).
+fn check_query_names(req: &Request, allowed: &[&'static str]) -> Result<(), ApiError> {
+    let Some(raw) = req.uri().query() else {
+        return Ok(());
+    };
+    for pair in raw.split('&').filter(|p| !p.is_empty()) {
+        let name = pair.split('=').next().unwrap_or("");
+        if !allowed.contains(&name) {
+            let shown: String = name.chars().take(64).collect();
+            return Err(ApiError::validation(
+                format!("unknown query parameter {shown:?}"),
+                shown,
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Authenticate, then check the route's [`Access`] and query parameter
+/// names; the principal goes into the request's extensions for the handler.
+async fn guard(State(g): State<Guard>, req: Request, next: Next) -> Response {
     if g.access == Access::Public {
         return next.run(req).await;
     }
+    let (mut parts, body) = req.into_parts();
+    let params = match RawPathParams::from_request_parts(&mut parts, &()).await {
+        Ok(p) => p,
+        Err(e) => {
+            return ApiError::Validation {
+                message: format!("bad path: {}", e.body_text()),
+                field: None,
+            }
+            .into_response();
+        }
+    };
+    let mut req = Request::from_parts(parts, body);
     let header = req
         .headers()
         .get(axum::http::header::AUTHORIZATION)
@@ -314,6 +344,9 @@ async fn guard(
         ))
         .into_response();
     }
+    if let Err(e) = check_query_names(&req, &g.query) {
+        return e.into_response();
+    }
     req.extensions_mut().insert(principal);
     next.run(req).await
 }
@@ -327,6 +360,7 @@ pub fn router(state: AppState) -> Router {
             Guard {
                 state: state.clone(),
                 access: r.access,
+                query: r.query.iter().map(|p| p.name).collect(),
             },
             guard,
         ));

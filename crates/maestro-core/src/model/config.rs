@@ -106,8 +106,7 @@ impl MaestroConfig {
         };
         let mut doc = serde_json::to_value(self).expect("config serializes");
         merge_patch(&mut doc, &serde_json::Value::Object(p.clone()));
-        let cfg: MaestroConfig = serde_json::from_value(doc)
-            .map_err(|e| Error::validation(format!("invalid config: {e}")))?;
+        let cfg: MaestroConfig = crate::model::from_value_at_path(doc, "invalid config")?;
         cfg.validate()?;
         Ok(cfg)
     }

@@ -67,6 +67,23 @@ pub fn validate_step_id(id: &str) -> Result<(), Error> {
     }
 }
 
+/// Deserialize a JSON document, naming the path of the offending field in
+/// the error (`steps[0].dependancies`), for merge-patched documents.
+pub fn from_value_at_path<T: serde::de::DeserializeOwned>(
+    doc: serde_json::Value,
+    what: &str,
+) -> Result<T, Error> {
+    serde_path_to_error::deserialize(doc).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if path.is_empty() || path == "." {
+            Error::validation(format!("{what}: {inner}"))
+        } else {
+            Error::validation(format!("{what}: {path}: {inner}")).field(path)
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

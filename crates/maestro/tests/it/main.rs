@@ -2,6 +2,8 @@
 //! temp data dir, driven over HTTP, with agents as real HTTP servers.
 
 mod api;
+mod auth;
+mod hostile;
 mod openapi;
 mod process;
 mod sse;

@@ -259,3 +259,115 @@ pub fn auth_flow(sentinel: &str, bridge: &str) -> Value {
         "expectedOutputs": {"token": "string"}
     })
 }
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// The answer of [`raw_http`]: status, headers (lowercased names) and body
+/// (JSON when it parses, else a string).
+#[derive(Debug)]
+pub struct RawAnswer {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Value,
+}
+
+/// One raw HTTP/1.1 exchange over a fresh TCP connection to `server`, for
+/// requests reqwest will not send (a chunked body without its `stream`
+/// feature, bytes in the path that are not valid UTF-8). `request` is the
+/// whole request as sent; it should carry `Connection: close`, as the answer
+/// is read to the end of the connection.
+pub async fn raw_http(server: &Server, request: &[u8]) -> RawAnswer {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = server.base.trim_start_matches("http://");
+    let mut conn = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    // The server may answer (and stop reading) before the whole request is
+    // written, e.g. a body over the limit: the answer is what counts.
+    let _ = conn.write_all(request).await;
+    let _ = conn.flush().await;
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), conn.read_to_end(&mut buf)).await;
+    assert!(
+        read.is_ok(),
+        "no answer within 5 s to {:?}",
+        String::from_utf8_lossy(request)
+    );
+    let split = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no HTTP answer: {:?}", String::from_utf8_lossy(&buf)));
+    let head = String::from_utf8_lossy(&buf[..split]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status: u16 = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line in {head:?}"));
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let mut body = buf[split + 4..].to_vec();
+    if headers
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"))
+    {
+        body = dechunk(&body);
+    }
+    let text = String::from_utf8_lossy(&body).into_owned();
+    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    RawAnswer {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// Decode a `Transfer-Encoding: chunked` body.
+fn dechunk(mut raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(eol) = raw.windows(2).position(|w| w == b"\r\n") {
+        let size_line = String::from_utf8_lossy(&raw[..eol]).into_owned();
+        let size = usize::from_str_radix(size_line.split(';').next().unwrap_or("").trim(), 16)
+            .unwrap_or(0);
+        raw = &raw[eol + 2..];
+        if size == 0 || raw.len() < size {
+            break;
+        }
+        out.extend_from_slice(&raw[..size]);
+        raw = raw.get(size + 2..).unwrap_or(&[]);
+    }
+    out
+}
+
+/// `body` in `Transfer-Encoding: chunked` framing, in pieces of `piece` bytes.
+pub fn chunked(body: &[u8], piece: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    for c in body.chunks(piece.max(1)) {
+        out.extend_from_slice(format!("{:x}\r\n", c.len()).as_bytes());
+        out.extend_from_slice(c);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"0\r\n\r\n");
+    out
+}
+
+/// Whether `v` is the API's error envelope:
+/// `{"success": false, "code": <UPPER_SNAKE>, "error": <string>, "details"?: {..}}`.
+pub fn is_error_envelope(v: &Value) -> bool {
+    let code_ok = v["code"].as_str().is_some_and(|c| {
+        !c.is_empty()
+            && c.starts_with(|ch: char| ch.is_ascii_uppercase())
+            && c.chars()
+                .all(|ch| ch.is_ascii_uppercase() || ch.is_ascii_digit() || ch == '_')
+    });
+    v["success"] == Value::Bool(false)
+        && code_ok
+        && v["error"].is_string()
+        && v.get("details").is_none_or(Value::is_object)
+}

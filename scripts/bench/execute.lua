@@ -1,0 +1,12 @@
+-- wrk script: POST .../execute of a 1-step workflow.
+wrk.method = "POST"
+wrk.body = '{"inputs": {"userId": "alice"}}'
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer " .. os.getenv("TOKEN")
+
+done = function(summary, latency, requests)
+  io.write("latency p50/p99/p99.9 (ms): ",
+    string.format("%.2f / %.2f / %.2f\n", latency:percentile(50) / 1000,
+      latency:percentile(99) / 1000, latency:percentile(99.9) / 1000))
+  io.write(string.format("non-2xx: %d\n", summary.errors.status))
+end
