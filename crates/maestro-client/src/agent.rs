@@ -1,0 +1,1 @@
+//! The agent SDK (being written).

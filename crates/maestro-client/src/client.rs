@@ -1,0 +1,1 @@
+//! The typed API client (being written).
