@@ -40,6 +40,9 @@ pub enum ApiError {
     PayloadTooLarge(usize),
     #[error("{0}")]
     UnsupportedMediaType(String),
+    /// A conflict with its own code (409), e.g. `LEASE_EXPIRED`.
+    #[error("{message}")]
+    Conflict { code: &'static str, message: String },
     /// The server is starting or draining (503 `NOT_READY`).
     #[error("{0}")]
     NotReady(String),
@@ -94,6 +97,7 @@ impl ApiError {
                 m.clone(),
                 None,
             ),
+            A::Conflict { code, message } => (StatusCode::CONFLICT, *code, message.clone(), None),
             A::NotReady(m) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "NOT_READY",
@@ -221,6 +225,25 @@ mod tests {
             if status == 500 {
                 assert!(!msg.contains("disk"), "5xx bodies are generic");
             }
+        }
+    }
+}
+
+impl From<maestro_engine::tasks::TaskError> for ApiError {
+    fn from(e: maestro_engine::tasks::TaskError) -> Self {
+        use maestro_engine::tasks::TaskError as T;
+        match e {
+            T::NotFound(id) => ApiError::Core(CoreError::not_found("task", id)),
+            T::NotYours(_) => ApiError::Forbidden(e.to_string()),
+            T::LeaseExpired(_) => ApiError::Conflict {
+                code: "LEASE_EXPIRED",
+                message: e.to_string(),
+            },
+            T::Conflict(m) => ApiError::Conflict {
+                code: "INVALID_STATE",
+                message: m,
+            },
+            T::Store(e) => ApiError::Core(e),
         }
     }
 }

@@ -13,7 +13,7 @@
 //! | 2xx, JSON object with an object `outputs` | `Ok(outputs)` | |
 //! | 2xx, anything else | `INVALID_AGENT_RESPONSE` | yes |
 //! | 2xx, body over `max_response_bytes` | `OUTPUT_TOO_LARGE` | no |
-//! | 4xx/5xx with `{"error": {"code", "message", "retryable"?}}` | that code and message | `retryable` if given, else as below |
+//! | 4xx/5xx with `{"error": {"code", "message", "retryable"?}}` | that code and message | 5xx and 429 yes; other 4xx only with `retryable: true` |
 //! | 4xx/5xx with another body | `AGENT_ERROR` (status and a snippet) | 429 and 5xx yes, other 4xx no |
 //! | 1xx/3xx (redirects are not followed) | `AGENT_ERROR` | no |
 //! | refused, reset, broken answer | `AGENT_UNREACHABLE` | yes |
@@ -275,50 +275,7 @@ impl HealthProbe for HttpHealthProbe {
 // Request pieces
 // ---------------------------------------------------------------------------
 
-/// The W3C `traceparent` of a call: `00-<trace id>-<span id>-01`.
-///
-/// The trace id comes from the execution id (its 32 hex digits when it is
-/// `exec_<32 hex>`, else a hash of it), so every step and retry of one
-/// execution is one trace, also across restarts; the span id is a hash of the
-/// task id, one per attempt.
-pub fn traceparent(execution_id: &str, task_id: &str) -> String {
-    format!(
-        "00-{}-{:016x}-01",
-        trace_id(execution_id),
-        nonzero64(fnv1a_64(task_id.as_bytes()))
-    )
-}
-
-fn trace_id(execution_id: &str) -> String {
-    let raw = execution_id.strip_prefix("exec_").unwrap_or(execution_id);
-    let hex = raw.len() == 32 && raw.bytes().all(|b| b.is_ascii_hexdigit());
-    // All zeros is the "invalid" trace id of the W3C spec.
-    if hex && raw.bytes().any(|b| b != b'0') {
-        return raw.to_ascii_lowercase();
-    }
-    let h = fnv1a_128(execution_id.as_bytes());
-    format!("{:032x}", if h == 0 { 1 } else { h })
-}
-
-/// FNV-1a: stable across builds and platforms (unlike `std`'s hasher), which
-/// is what keeps a trace id the same after a restart.
-fn fnv1a_64(data: &[u8]) -> u64 {
-    data.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
-}
-
-fn fnv1a_128(data: &[u8]) -> u128 {
-    data.iter()
-        .fold(0x6c62_272e_07bb_0142_62b8_2175_6295_c58d, |h, &b| {
-            (h ^ u128::from(b)).wrapping_mul(0x0000_0000_0100_0000_0000_0000_0000_013b)
-        })
-}
-
-/// All zeros is the "invalid" span id of the W3C spec.
-fn nonzero64(h: u64) -> u64 {
-    if h == 0 { 1 } else { h }
-}
+pub use maestro_core::ports::traceparent;
 
 /// The JSON body of `POST <endpoint>/invoke` (API.md "Agent protocol"): the
 /// invocation's fields plus its [`traceparent`]. Poll tasks carry the same body.
@@ -471,7 +428,6 @@ fn classify(status: StatusCode, body: Body, max: usize) -> Result<Map<String, Va
             false,
         ));
     }
-    // API.md: 5xx and 429 are retryable, other 4xx are not, unless the body says.
     let by_status = status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS;
     let bytes = match body {
         Body::Complete(bytes) => bytes,
@@ -494,7 +450,9 @@ fn classify(status: StatusCode, body: Body, max: usize) -> Result<Map<String, Va
         return Err(InvokeError {
             code: e.code,
             message: e.message,
-            retryable: e.retryable.unwrap_or(by_status),
+            // API.md: 5xx and 429 are retryable whatever the body says; a
+            // 4xx only when its body says `retryable: true`.
+            retryable: by_status || e.retryable.unwrap_or(false),
             details: e.details,
         });
     }

@@ -11,7 +11,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use maestro_core::model::{ChoreographyEvent, EventType, WorkflowExecution};
+use maestro_core::model::{ChoreographyEvent, WorkflowExecution};
 use serde_json::{Map, Value};
 
 use crate::auth::Principal;
@@ -123,32 +123,71 @@ pub async fn execution(s: &AppState, p: &Principal, mut e: WorkflowExecution) ->
     if let Some(r) = e.result.as_mut() {
         mask_result(r, &masked);
     }
+    // A sensitive value passed on to later steps (`${steps.X.outputs.key}`)
+    // or kept for a compensation shows up in their inputs too.
+    if !masked.is_empty() {
+        for st in e.step_executions.0.iter_mut() {
+            mask_values(&mut st.inputs, &masked);
+        }
+        for entry in e.rollback_log.iter_mut().flatten() {
+            mask_values(&mut entry.inputs, &masked);
+        }
+    }
     e
 }
 
-/// An event as the holder of `idx` may see it.
+/// Mask every value (at any depth) equal to one of `masked`.
+fn mask_values(map: &mut Map<String, Value>, masked: &[Value]) {
+    for v in map.values_mut() {
+        mask_value(v, masked);
+    }
+}
+
+fn mask_value(v: &mut Value, masked: &[Value]) {
+    if masked.contains(v) {
+        *v = Value::String(MASK.into());
+        return;
+    }
+    match v {
+        Value::Object(m) => mask_values(m, masked),
+        Value::Array(a) => a.iter_mut().for_each(|x| mask_value(x, masked)),
+        _ => {}
+    }
+}
+
+/// An event as the holder of `idx` may see it: sensitive keys of every
+/// `outputs` object in the payload (a step's outputs, or a map of them) are
+/// masked, then every other place holding one of those values (`result`,
+/// inputs of later steps, rollback log entries).
 pub fn event(idx: Option<&SensitiveIndex>, mut e: ChoreographyEvent) -> ChoreographyEvent {
     let Some(idx) = idx else { return e };
     let mut masked = Vec::new();
-    match e.event_type {
-        EventType::StepCompleted => {
-            if let Some(o) = e.payload.get_mut("outputs").and_then(Value::as_object_mut) {
-                mask_keys(o, &idx.all, &mut masked);
-            }
-        }
-        EventType::WorkflowCompleted => {
-            if let Some(outputs) = e.payload.get_mut("outputs").and_then(Value::as_object_mut) {
-                for o in outputs.values_mut() {
-                    if let Some(o) = o.as_object_mut() {
-                        mask_keys(o, &idx.all, &mut masked);
-                    }
-                }
-            }
-            if let Some(r) = e.payload.get_mut("result").and_then(Value::as_object_mut) {
-                mask_result(r, &masked);
-            }
-        }
-        _ => {}
+    mask_outputs_in(&mut e.payload, &idx.all, &mut masked);
+    if !masked.is_empty() {
+        mask_value(&mut e.payload, &masked);
     }
     e
+}
+
+fn mask_outputs_in(v: &mut Value, keys: &HashSet<String>, masked: &mut Vec<Value>) {
+    match v {
+        Value::Object(m) => {
+            for (k, child) in m.iter_mut() {
+                if k == "outputs"
+                    && let Some(o) = child.as_object_mut()
+                {
+                    mask_keys(o, keys, masked);
+                    for inner in o.values_mut() {
+                        if let Some(inner) = inner.as_object_mut() {
+                            mask_keys(inner, keys, masked);
+                        }
+                    }
+                } else {
+                    mask_outputs_in(child, keys, masked);
+                }
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(|x| mask_outputs_in(x, keys, masked)),
+        _ => {}
+    }
 }

@@ -377,7 +377,7 @@ async fn a_4xx_error_body_is_passed_on_not_retryable() {
 }
 
 #[tokio::test]
-async fn the_error_body_decides_retryability_when_it_says() {
+async fn a_4xx_is_retried_only_when_its_body_says_so() {
     let a = agent(|_| {
         answer(
             "409 Conflict",
@@ -395,7 +395,8 @@ async fn the_error_body_decides_retryability_when_it_says() {
         )
     })
     .await;
-    assert_failure(invoke(&a).await, "BROKEN", false);
+    // API.md: a 5xx is retryable whatever its body says.
+    assert_failure(invoke(&a).await, "BROKEN", true);
 }
 
 #[tokio::test]

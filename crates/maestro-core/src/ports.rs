@@ -365,6 +365,9 @@ pub trait TaskStore: Send + Sync {
     ) -> Result<bool>;
     /// Every Leased task whose lease ended before `now` becomes Expired; returned.
     async fn expire_leases(&self, now: Timestamp) -> Result<Vec<TaskRecord>>;
+    /// A Queued or Leased task becomes Cancelled (its call is no longer wanted);
+    /// `false` if it was finished already or unknown.
+    async fn cancel_task(&self, task_id: &str, now: Timestamp) -> Result<bool>;
     /// Queued or Leased tasks of the agent become Cancelled (agent deregistered); returned.
     async fn cancel_agent_tasks(&self, agent_id: &str, now: Timestamp) -> Result<Vec<TaskRecord>>;
     /// Finished tasks (Completed/Failed/Expired/Cancelled) updated before `before` are deleted; the count.
@@ -460,6 +463,51 @@ impl Invocation {
             format!("{execution_id}:{step_id}:{attempt}")
         }
     }
+}
+
+/// The W3C `traceparent` of a call: `00-<trace id>-<span id>-01`.
+///
+/// The trace id comes from the execution id (its 32 hex digits when it is
+/// `exec_<32 hex>`, else a hash of it), so every step and retry of one
+/// execution is one trace, also across restarts; the span id is a hash of the
+/// task id, one per attempt.
+pub fn traceparent(execution_id: &str, task_id: &str) -> String {
+    format!(
+        "00-{}-{:016x}-01",
+        trace_id(execution_id),
+        nonzero64(fnv1a_64(task_id.as_bytes()))
+    )
+}
+
+fn trace_id(execution_id: &str) -> String {
+    let raw = execution_id.strip_prefix("exec_").unwrap_or(execution_id);
+    let hex = raw.len() == 32 && raw.bytes().all(|b| b.is_ascii_hexdigit());
+    // All zeros is the "invalid" trace id of the W3C spec.
+    if hex && raw.bytes().any(|b| b != b'0') {
+        return raw.to_ascii_lowercase();
+    }
+    let h = fnv1a_128(execution_id.as_bytes());
+    format!("{:032x}", if h == 0 { 1 } else { h })
+}
+
+/// FNV-1a: stable across builds and platforms (unlike `std`'s hasher), which
+/// is what keeps a trace id the same after a restart.
+fn fnv1a_64(data: &[u8]) -> u64 {
+    data.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+fn fnv1a_128(data: &[u8]) -> u128 {
+    data.iter()
+        .fold(0x6c62_272e_07bb_0142_62b8_2175_6295_c58d, |h, &b| {
+            (h ^ u128::from(b)).wrapping_mul(0x0000_0000_0100_0000_0000_0000_0000_013b)
+        })
+}
+
+/// All zeros is the "invalid" span id of the W3C spec.
+fn nonzero64(h: u64) -> u64 {
+    if h == 0 { 1 } else { h }
 }
 
 /// Why a call failed. `retryable` decides whether the retry policy applies.

@@ -67,5 +67,6 @@ pub mod invoker;
 mod maestro;
 pub mod metrics;
 pub mod registry;
+pub mod tasks;
 
 pub use maestro::{ExecuteOptions, Maestro, MaestroOptions};

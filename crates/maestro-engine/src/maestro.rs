@@ -26,6 +26,7 @@ use crate::executor::{
 use crate::health::{HealthChecker, HealthProbe};
 use crate::invoker::{InProcessInvoker, TransportInvoker};
 use crate::registry::Registry;
+use crate::tasks::TaskQueue;
 
 /// How to build a [`Maestro`].
 pub struct MaestroOptions {
@@ -94,8 +95,9 @@ struct Inner {
     executor: ExecutorHandle,
     config: ConfigHandle,
     inprocess: InProcessInvoker,
+    tasks: TaskQueue,
     cancel: CancellationToken,
-    tasks: Mutex<Vec<JoinHandle<()>>>,
+    services: Mutex<Vec<JoinHandle<()>>>,
 }
 
 /// The orchestrator. Cheap to clone.
@@ -129,10 +131,15 @@ impl Maestro {
         let registry = Registry::load(store.clone(), opts.health_window).await?;
         let catalog = Catalog::new(store.clone(), opts.limits);
         let inprocess = opts.in_process.clone();
+        let tasks = TaskQueue::new(store.clone());
         let invoker = TransportInvoker {
             inprocess: Some(Arc::new(inprocess.clone())),
             http: opts.http_invoker.clone(),
-            poll: opts.poll_invoker.clone(),
+            poll: Some(
+                opts.poll_invoker
+                    .clone()
+                    .unwrap_or_else(|| Arc::new(tasks.clone())),
+            ),
         };
         let (executor, handle) = Executor::new(ExecutorOptions {
             store: store.clone(),
@@ -147,7 +154,10 @@ impl Maestro {
             drain_timeout_ms: opts.drain_timeout_ms,
         });
         let cancel = CancellationToken::new();
-        let mut tasks = vec![tokio::spawn(executor.run(cancel.clone()))];
+        let mut services = vec![
+            tokio::spawn(executor.run(cancel.clone())),
+            tokio::spawn(tasks.clone().run(cancel.clone())),
+        ];
         if opts.health_checker {
             let hc = HealthChecker {
                 registry: registry.clone(),
@@ -155,7 +165,7 @@ impl Maestro {
                 executor: handle.clone(),
                 probe: opts.health_probe.clone(),
             };
-            tasks.push(tokio::spawn(hc.run(cancel.clone())));
+            services.push(tokio::spawn(hc.run(cancel.clone())));
         }
         // Wait until recovery is done (or failed).
         while !handle
@@ -183,8 +193,9 @@ impl Maestro {
                 executor: handle,
                 config,
                 inprocess,
+                tasks,
                 cancel,
-                tasks: Mutex::new(tasks),
+                services: Mutex::new(services),
             }),
         })
     }
@@ -193,8 +204,9 @@ impl Maestro {
     /// timeout), persist, stop. Unfinished executions resume at the next start.
     pub async fn shutdown(&self) {
         self.inner.cancel.cancel();
-        let tasks: Vec<_> = std::mem::take(&mut *self.inner.tasks.lock().expect("tasks lock"));
-        for t in tasks {
+        let services: Vec<_> =
+            std::mem::take(&mut *self.inner.services.lock().expect("services lock"));
+        for t in services {
             let _ = t.await;
         }
         self.inner.bus.close();
@@ -225,6 +237,10 @@ impl Maestro {
     /// Handlers of `transport: inprocess` agents.
     pub fn in_process(&self) -> &InProcessInvoker {
         &self.inner.inprocess
+    }
+    /// The poll-task queue of `transport: poll` agents.
+    pub fn tasks(&self) -> &TaskQueue {
+        &self.inner.tasks
     }
 
     async fn emit(&self, e: NewEvent) -> Result<ChoreographyEvent> {
@@ -265,6 +281,7 @@ impl Maestro {
     pub async fn deregister_agent(&self, id: &str) -> Result<RegisteredAgent> {
         let a = self.inner.registry.deregister(id).await?;
         self.inner.inprocess.unregister_agent(id);
+        self.inner.tasks.agent_deregistered(id).await?;
         self.emit(Self::agent_event(
             EventType::AgentDeregistered,
             &a,

@@ -666,6 +666,17 @@ impl TaskStore for MemoryStore {
         ))
     }
 
+    async fn cancel_task(&self, task_id: &str, now: Timestamp) -> Result<bool> {
+        let changed = self.lock().update_tasks(
+            |t| t.task_id == task_id && !t.status.is_finished(),
+            |t| {
+                t.status = TaskStatus::Cancelled;
+                t.updated_at = now;
+            },
+        );
+        Ok(!changed.is_empty())
+    }
+
     async fn cancel_agent_tasks(&self, agent_id: &str, now: Timestamp) -> Result<Vec<TaskRecord>> {
         Ok(self.lock().update_tasks(
             |t| t.agent_id == agent_id && !t.status.is_finished(),

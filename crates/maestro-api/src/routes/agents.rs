@@ -30,7 +30,7 @@ pub(crate) fn routes() -> Vec<Route> {
             .query(&[
                 q("types", "list", "Agent types."),
                 q("status", "list", "online, offline, degraded."),
-                q("capabilities", "list", "Agents having every one of these capabilities."),
+                q("capabilities", "list", "Agents having any of these capabilities."),
                 q("tags", "list", "Agents with a capability carrying one of these tags."),
             ])
             .query(&PAGE)

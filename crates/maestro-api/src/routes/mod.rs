@@ -20,6 +20,7 @@ pub(crate) mod admin;
 pub(crate) mod agents;
 pub(crate) mod events;
 pub(crate) mod executions;
+pub(crate) mod tasks;
 pub(crate) mod workflows;
 
 /// Who may call a route.
@@ -39,6 +40,8 @@ pub enum Access {
     ReadOrAgent,
     /// admin, operator, agent (the handler checks what an agent may publish).
     Publish,
+    /// admin, operator, agent (the handler checks that a task is the agent's).
+    Worker,
 }
 
 impl Access {
@@ -53,7 +56,7 @@ impl Access {
             }
             Access::Read => p.role != Role::Agent,
             Access::ReadOrAgent => true,
-            Access::Publish => p.role != Role::Reader,
+            Access::Publish | Access::Worker => p.role != Role::Reader,
         }
     }
 
@@ -67,6 +70,7 @@ impl Access {
             Access::Read => &["admin", "operator", "reader"],
             Access::ReadOrAgent => &["admin", "operator", "reader", "agent"],
             Access::Publish => &["admin", "operator", "agent (as itself)"],
+            Access::Worker => &["admin", "operator", "agent (its own tasks)"],
         }
     }
 }
@@ -271,6 +275,7 @@ pub fn table() -> Vec<Route> {
     v.extend(agents::routes());
     v.extend(workflows::routes());
     v.extend(executions::routes());
+    v.extend(tasks::routes());
     v.extend(events::routes());
     v.extend(admin::routes());
     v
@@ -351,6 +356,24 @@ async fn guard(State(g): State<Guard>, req: Request, next: Next) -> Response {
     next.run(req).await
 }
 
+/// A panic in a handler is a bug: answer a generic 500 (and log it) rather
+/// than dropping the connection without an answer.
+async fn catch_panic(req: Request, next: Next) -> Response {
+    use futures_util::FutureExt;
+    let what = format!("{} {}", req.method(), req.uri().path());
+    match std::panic::AssertUnwindSafe(next.run(req)).catch_unwind().await {
+        Ok(resp) => resp,
+        Err(panic) => {
+            let msg = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "non-string panic".to_owned());
+            ApiError::Internal(format!("handler panicked on {what}: {msg}")).into_response()
+        }
+    }
+}
+
 /// The router: every route of [`table`], the JSON 404/405 answers, and the
 /// request metrics.
 pub fn router(state: AppState) -> Router {
@@ -371,6 +394,7 @@ pub fn router(state: AppState) -> Router {
             ApiError::NoRoute(format!("{} {}", req.method(), req.uri().path()))
         })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(middleware::from_fn(catch_panic))
         .layer(middleware::from_fn(crate::metrics::track))
         .with_state(state)
 }

@@ -42,15 +42,24 @@ const CALLBACK_TIMEOUT_MS: u64 = 10_000;
 
 type CallKey = (String, String, u32, bool);
 
+/// A call in flight: how to cancel it, and whether it waits in the durable
+/// task queue (a poll agent's task), which a shutdown need not wait for: the
+/// attempt is re-sent at the next start and finds its task.
+#[derive(Clone, Default)]
+pub(super) struct CallHandle {
+    pub cancel: CancellationToken,
+    pub durable: Arc<std::sync::atomic::AtomicBool>,
+}
+
 /// Calls in flight, so that a cancel can reach them.
 #[derive(Default)]
 pub(super) struct InFlight {
-    calls: HashMap<CallKey, CancellationToken>,
+    calls: HashMap<CallKey, CallHandle>,
 }
 
 impl InFlight {
-    pub fn start(&mut self, exec_id: &str, call: &Call) -> CancellationToken {
-        let t = CancellationToken::new();
+    pub fn start(&mut self, exec_id: &str, call: &Call) -> CallHandle {
+        let h = CallHandle::default();
         self.calls.insert(
             (
                 exec_id.to_owned(),
@@ -58,9 +67,15 @@ impl InFlight {
                 call.attempt,
                 call.compensation,
             ),
-            t.clone(),
+            h.clone(),
         );
-        t
+        h
+    }
+    /// Every call left waits in the durable task queue.
+    pub fn only_durable_left(&self) -> bool {
+        self.calls
+            .values()
+            .all(|h| h.durable.load(Ordering::Relaxed))
     }
     pub fn finish(&mut self, exec_id: &str, step_id: &str, attempt: u32, compensation: bool) {
         self.calls.remove(&(
@@ -77,14 +92,11 @@ impl InFlight {
             attempt,
             compensation,
         )) {
-            t.cancel();
+            t.cancel.cancel();
         }
     }
     pub fn len(&self) -> usize {
         self.calls.len()
-    }
-    pub fn is_empty(&self) -> bool {
-        self.calls.is_empty()
     }
 }
 
@@ -94,8 +106,9 @@ pub(super) fn spawn_call(
     workflow_id: String,
     correlation_id: String,
     call: Call,
-    cancel: CancellationToken,
+    handle: CallHandle,
 ) {
+    let cancel = handle.cancel.clone();
     tokio::spawn(async move {
         let step_id = call.step_id.clone();
         let attempt = call.attempt;
@@ -155,10 +168,16 @@ pub(super) fn spawn_call(
         let fut = env.invoker.invoke(&agent, invocation);
         tokio::pin!(fut);
         let mut cancelled = false;
+        // A poll agent's attempt is timed by its lease, which starts when the
+        // task is leased (time in the queue does not count).
+        let timed = agent.effective_transport() != maestro_core::model::Transport::Poll;
+        if !timed {
+            handle.durable.store(true, Ordering::Relaxed);
+        }
         let first = loop {
             tokio::select! {
                 r = &mut fut => break Some(r),
-                _ = tokio::time::sleep_until(deadline) => break None,
+                _ = tokio::time::sleep_until(deadline), if timed => break None,
                 _ = cancel.cancelled(), if !cancelled => {
                     cancelled = true;
                     env.invoker.cancel(&agent, &cancel_copy).await;

@@ -411,7 +411,7 @@ impl Executor {
             if let Some(until) = draining_until
                 && inflight.is_none()
                 && turn.is_empty()
-                && (self.calls.is_empty() || tokio::time::Instant::now() >= until)
+                && (self.calls.only_durable_left() || tokio::time::Instant::now() >= until)
             {
                 tracing::info!(abandoned = self.calls.len(), "executor stopped");
                 return;

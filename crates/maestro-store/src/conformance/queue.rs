@@ -416,6 +416,65 @@ pub async fn tasks(store: &dyn Store) {
         status_of(store, &old_queued.task_id).await,
         Some(TaskStatus::Queued)
     );
+
+    // Cancelling one task: queued or leased only, once.
+    let h = task("conf-task-h", A2, "sign", t0 + 7);
+    store.enqueue_task(&h).await.expect("tasks: enqueue");
+    assert!(
+        store
+            .cancel_task(&h.task_id, t0 + 630)
+            .await
+            .expect("tasks: cancel one"),
+        "tasks: a queued task can be cancelled"
+    );
+    assert_eq!(
+        status_of(store, &h.task_id).await,
+        Some(TaskStatus::Cancelled)
+    );
+    assert!(
+        !store
+            .cancel_task(&h.task_id, t0 + 631)
+            .await
+            .expect("tasks: cancel one"),
+        "tasks: cancelling a cancelled task answers false"
+    );
+    assert!(
+        !store
+            .cancel_task(&a.task_id, t0 + 631)
+            .await
+            .expect("tasks: cancel one"),
+        "tasks: a completed task cannot be cancelled"
+    );
+    assert!(
+        !store
+            .cancel_task("conf-task-none", t0 + 631)
+            .await
+            .expect("tasks: cancel one"),
+        "tasks: cancelling an unknown task answers false"
+    );
+    let k = task("conf-task-k", "conf-agent-k", "sign", t0 + 8);
+    store.enqueue_task(&k).await.expect("tasks: enqueue");
+    assert_eq!(
+        ids(&store
+            .lease_tasks("conf-agent-k", &[], 1, t0 + 640, 1_000)
+            .await
+            .expect("tasks: lease")),
+        vec!["conf-task-k"]
+    );
+    assert!(
+        store
+            .cancel_task(&k.task_id, t0 + 650)
+            .await
+            .expect("tasks: cancel one"),
+        "tasks: a leased task can be cancelled"
+    );
+    assert!(
+        !store
+            .finish_task(&k.task_id, TaskStatus::Completed, None, t0 + 660)
+            .await
+            .expect("tasks: finish cancelled"),
+        "tasks: a cancelled task cannot be finished"
+    );
 }
 
 /// Execution leases: acquire when free, lapsed or own; not while another node

@@ -214,6 +214,21 @@ impl TaskStore for SqliteStore {
         decode_tasks(&rows)
     }
 
+    async fn cancel_task(&self, task_id: &str, now: Timestamp) -> Result<bool> {
+        let mut tx = self.write_tx().await?;
+        let done = sqlx::query(
+            "UPDATE tasks SET status = 'cancelled', updated_at = ?2 \
+             WHERE task_id = ?1 AND status IN ('queued', 'leased')",
+        )
+        .bind(task_id)
+        .bind(int(now))
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        Ok(done.rows_affected() == 1)
+    }
+
     async fn cancel_agent_tasks(&self, agent_id: &str, now: Timestamp) -> Result<Vec<TaskRecord>> {
         const SQL: &str = concat!(
             "UPDATE tasks SET status = 'cancelled', updated_at = ?2 \

@@ -5,6 +5,7 @@ mod api;
 mod auth;
 mod hostile;
 mod openapi;
+mod poll;
 mod process;
 mod sse;
 mod support;

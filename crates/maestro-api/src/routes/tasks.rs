@@ -1,0 +1,241 @@
+//! The poll transport's routes: agents lease tasks with a long poll, answer
+//! them, and keep their leases alive (see `maestro_engine::tasks`).
+
+use axum::Extension;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use maestro_core::model::validate_id;
+use maestro_core::ports::{InvokeError, TaskRecord};
+use maestro_engine::clock::now_ms;
+use maestro_engine::tasks::{MAX_TASKS_PER_POLL, MAX_WAIT_MS};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+
+use super::{Access, Route, post, schema};
+use crate::auth::Principal;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{Json, OptionalJson, PathId};
+use crate::state::AppState;
+
+pub(crate) fn routes() -> Vec<Route> {
+    vec![
+        post("/maestro/agents/{agentId}/tasks/poll", Access::OperatorOrSelf, poll)
+            .doc(
+                "pollTasks",
+                "Tasks",
+                "Lease tasks of a poll agent (long poll; an empty list when none came within waitMs); counts as a heartbeat",
+            )
+            .optional_body(schema::<PollBody>)
+            .json(200, schema::<PollAnswer>)
+            .errors(&[404]),
+        post("/maestro/tasks/{taskId}/complete", Access::Worker, complete)
+            .doc(
+                "completeTask",
+                "Tasks",
+                "Answer a leased task with its outputs (repeating the same answer is accepted)",
+            )
+            .body(schema::<CompleteBody>)
+            .json(200, schema::<TaskAnswer>)
+            .errors(&[404, 409]),
+        post("/maestro/tasks/{taskId}/fail", Access::Worker, fail)
+            .doc("failTask", "Tasks", "Fail a leased task")
+            .body(schema::<FailBody>)
+            .json(200, schema::<TaskAnswer>)
+            .errors(&[404, 409]),
+        post("/maestro/tasks/{taskId}/heartbeat", Access::Worker, heartbeat)
+            .doc(
+                "heartbeatTask",
+                "Tasks",
+                "Extend a task's lease (default: by its attempt timeout); says whether the call was cancelled",
+            )
+            .optional_body(schema::<TaskHeartbeatBody>)
+            .json(200, schema::<LeaseAnswer>)
+            .errors(&[404, 409]),
+    ]
+}
+
+/// `POST /maestro/agents/{agentId}/tasks/poll`.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(crate) struct PollBody {
+    /// Only tasks of these capabilities (default: all of the agent's).
+    #[serde(default)]
+    capabilities: Vec<String>,
+    /// Most tasks to lease (default 1, at most 100).
+    #[serde(default)]
+    max: Option<usize>,
+    /// Longest wait for a task, ms (default 30000, at most 60000).
+    #[serde(default)]
+    wait_ms: Option<u64>,
+}
+
+/// Answer of a poll: each task is the push body plus `leaseExpiresAt`.
+#[derive(Debug, Serialize, JsonSchema)]
+pub(crate) struct PollAnswer {
+    success: bool,
+    tasks: Vec<Value>,
+}
+
+/// `POST /maestro/tasks/{taskId}/complete`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CompleteBody {
+    outputs: Map<String, Value>,
+}
+
+/// `POST /maestro/tasks/{taskId}/fail`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FailBody {
+    error: AgentFailure,
+}
+
+/// The agent's error.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AgentFailure {
+    code: String,
+    #[serde(default)]
+    message: String,
+    /// Whether the retry policy may try again (default false).
+    #[serde(default)]
+    retryable: bool,
+    #[serde(default)]
+    details: Option<Value>,
+}
+
+/// `POST /maestro/tasks/{taskId}/heartbeat`.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(crate) struct TaskHeartbeatBody {
+    /// New lease length from now, ms (default: the attempt timeout).
+    #[serde(default)]
+    extend_ms: Option<u64>,
+}
+
+/// Answer of complete/fail.
+#[derive(Debug, Serialize, JsonSchema)]
+pub(crate) struct TaskAnswer {
+    success: bool,
+    /// `{taskId, status}`.
+    task: Value,
+}
+
+/// Answer of a task heartbeat.
+#[derive(Debug, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct LeaseAnswer {
+    success: bool,
+    lease_expires_at: u64,
+    cancel_requested: bool,
+}
+
+/// A leased task as the agent receives it.
+fn wire(t: &TaskRecord) -> Value {
+    let mut v = t.body.clone();
+    if let Some(o) = v.as_object_mut() {
+        o.insert("leaseExpiresAt".into(), json!(t.lease_expires_at));
+    }
+    v
+}
+
+/// Heartbeats from polling are written at most this often per agent.
+const POLL_HEARTBEAT_EVERY_MS: u64 = 1000;
+
+async fn poll(
+    State(s): State<AppState>,
+    PathId(agent_id): PathId,
+    OptionalJson(body): OptionalJson<PollBody>,
+) -> ApiResult<Response> {
+    validate_id("agent", &agent_id).map_err(|e| e.field("agentId"))?;
+    let max = body.max.unwrap_or(1);
+    if max == 0 || max > MAX_TASKS_PER_POLL {
+        return Err(ApiError::validation(
+            format!("max must be 1-{MAX_TASKS_PER_POLL}"),
+            "max",
+        ));
+    }
+    let wait = body.wait_ms.unwrap_or(30_000);
+    if wait > MAX_WAIT_MS {
+        return Err(ApiError::validation(
+            format!("waitMs must be at most {MAX_WAIT_MS}"),
+            "waitMs",
+        ));
+    }
+    if body.capabilities.len() > 100 {
+        return Err(ApiError::validation("at most 100 capabilities", "capabilities"));
+    }
+    let Some(agent) = s.maestro.get_agent(&agent_id) else {
+        return Err(maestro_core::Error::not_found("agent", &agent_id).into());
+    };
+    if s.is_draining() {
+        return Err(ApiError::NotReady("the server is shutting down".into()));
+    }
+    // Polling is a sign of life.
+    if now_ms().saturating_sub(agent.last_heartbeat) >= POLL_HEARTBEAT_EVERY_MS {
+        s.maestro.heartbeat(&agent_id, None).await?;
+    }
+    let tasks = s
+        .maestro
+        .tasks()
+        .poll(&agent_id, &body.capabilities, max, wait, &s.shutdown)
+        .await?;
+    let tasks: Vec<Value> = tasks.iter().map(wire).collect();
+    Ok(axum::Json(json!({"success": true, "tasks": tasks})).into_response())
+}
+
+fn task_answer(t: &TaskRecord) -> Response {
+    axum::Json(json!({"success": true, "task": {"taskId": t.task_id, "status": t.status}}))
+        .into_response()
+}
+
+async fn complete(
+    State(s): State<AppState>,
+    Extension(p): Extension<Principal>,
+    PathId(task_id): PathId,
+    Json(body): Json<CompleteBody>,
+) -> ApiResult<Response> {
+    let t = s
+        .maestro
+        .tasks()
+        .finish(&task_id, p.agent(), Ok(body.outputs))
+        .await?;
+    Ok(task_answer(&t))
+}
+
+async fn fail(
+    State(s): State<AppState>,
+    Extension(p): Extension<Principal>,
+    PathId(task_id): PathId,
+    Json(body): Json<FailBody>,
+) -> ApiResult<Response> {
+    let e = body.error;
+    if e.code.is_empty() || e.code.len() > 128 {
+        return Err(ApiError::validation("error.code must be 1-128 characters", "error.code"));
+    }
+    let err = InvokeError {
+        code: e.code,
+        message: e.message,
+        retryable: e.retryable,
+        details: e.details,
+    };
+    let t = s.maestro.tasks().finish(&task_id, p.agent(), Err(err)).await?;
+    Ok(task_answer(&t))
+}
+
+async fn heartbeat(
+    State(s): State<AppState>,
+    Extension(p): Extension<Principal>,
+    PathId(task_id): PathId,
+    OptionalJson(body): OptionalJson<TaskHeartbeatBody>,
+) -> ApiResult<Response> {
+    let l = s
+        .maestro
+        .tasks()
+        .heartbeat(&task_id, p.agent(), body.extend_ms)
+        .await?;
+    Ok(axum::Json(json!({"success": true, "leaseExpiresAt": l.lease_expires_at,
+        "cancelRequested": l.cancel_requested}))
+    .into_response())
+}
