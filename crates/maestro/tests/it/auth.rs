@@ -83,6 +83,7 @@ fn allowed(method: &Method, path: &str, who: Who) -> bool {
         // An agent registers/upserts itself, heartbeats, sets its own status
         // and reports its own health.
         ("PUT", "/maestro/agents/{agentId}")
+        | ("POST", "/maestro/agents/{agentId}/tasks/poll")
         | ("PATCH", "/maestro/agents/{agentId}/status")
         | ("POST", "/maestro/agents/{agentId}/heartbeat")
         | ("PUT", "/maestro/agents/{agentId}/health") => itself,
@@ -95,6 +96,14 @@ fn allowed(method: &Method, path: &str, who: Who) -> bool {
             | "/maestro/executions/{executionId}/pause"
             | "/maestro/executions/{executionId}/resume",
         ) => operator,
+        // Agents answer their own tasks (ownership is checked per task, see
+        // poll.rs; the task here does not exist, so allowed callers get 404).
+        (
+            "POST",
+            "/maestro/tasks/{taskId}/complete"
+            | "/maestro/tasks/{taskId}/fail"
+            | "/maestro/tasks/{taskId}/heartbeat",
+        ) => who != Reader,
         // Agents publish as themselves (the body below leaves sourceAgent out).
         ("POST", "/maestro/events") => who != Reader,
         ("POST", "/maestro/subscriptions")
@@ -110,6 +119,7 @@ fn allowed(method: &Method, path: &str, who: Who) -> bool {
 /// allowed call (or that conflict by nature): 404/409 count as allowed.
 fn may_conflict(method: &Method, path: &str) -> bool {
     *method == Method::DELETE
+        || path.starts_with("/maestro/tasks/")
         || path.ends_with("/cancel")
         || path.ends_with("/pause")
         || path.ends_with("/resume")
@@ -126,6 +136,12 @@ fn body(method: &Method, path: &str, n: usize) -> Option<Value> {
             "capabilities": [{"id": "sign", "tags": ["crypto"]}]}),
         ("PATCH", "/maestro/agents/{agentId}/status") => json!({"status": "online"}),
         ("POST", "/maestro/agents/{agentId}/heartbeat") => json!({}),
+        ("POST", "/maestro/agents/{agentId}/tasks/poll") => json!({"waitMs": 0}),
+        ("POST", "/maestro/tasks/{taskId}/complete") => json!({"outputs": {}}),
+        ("POST", "/maestro/tasks/{taskId}/fail") => {
+            json!({"error": {"code": "X", "message": "m", "retryable": false}})
+        }
+        ("POST", "/maestro/tasks/{taskId}/heartbeat") => json!({}),
         ("PUT", "/maestro/agents/{agentId}/health") => json!({"status": "healthy", "uptime": 99.0}),
         ("POST", "/maestro/workflows") => workflow(&format!("wf-new-{n}")),
         ("PATCH", "/maestro/workflows/{workflowId}") => json!({"description": format!("edit {n}")}),
@@ -239,6 +255,7 @@ impl Fixtures {
             .replace("{correlationId}", "corr-auth")
             .replace("{capabilityId}", "sign")
             .replace("{tokenId}", &self.token)
+            .replace("{taskId}", "task-auth")
             .replace("{subscriptionId}", &self.subscription);
         assert!(
             !p.contains('{'),
