@@ -66,7 +66,9 @@ pub mod health;
 pub mod invoker;
 mod maestro;
 pub mod metrics;
+pub mod redact;
 pub mod registry;
 pub mod tasks;
+pub mod webhooks;
 
 pub use maestro::{ExecuteOptions, Maestro, MaestroOptions};

@@ -9,7 +9,9 @@ use maestro_core::model::{
     AgentHealth, AgentStatus, ChoreographyEvent, ChoreographyMetrics, EventFilter, EventType,
     ExecutionStatus, MaestroConfig, NewEvent, RegisteredAgent, Workflow, WorkflowExecution,
 };
-use maestro_core::ports::{EventOrder, ExecutionQuery, Invoker, Outbound, Page, Store};
+use maestro_core::ports::{
+    EventOrder, ExecutionQuery, Invoker, Outbound, Page, Store, SubscriptionRecord,
+};
 use maestro_core::registry::{AgentQuery, HealthWindowConfig};
 use maestro_core::{Error, Result};
 use serde_json::{Map, Value, json};
@@ -27,6 +29,7 @@ use crate::health::{HealthChecker, HealthProbe};
 use crate::invoker::{InProcessInvoker, TransportInvoker};
 use crate::registry::Registry;
 use crate::tasks::TaskQueue;
+use crate::webhooks::{DeliveryStats, Webhooks};
 
 /// How to build a [`Maestro`].
 pub struct MaestroOptions {
@@ -96,6 +99,7 @@ struct Inner {
     config: ConfigHandle,
     inprocess: InProcessInvoker,
     tasks: TaskQueue,
+    webhooks: Webhooks,
     cancel: CancellationToken,
     services: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -154,6 +158,15 @@ impl Maestro {
             drain_timeout_ms: opts.drain_timeout_ms,
         });
         let cancel = CancellationToken::new();
+        let webhooks = Webhooks::new(
+            bus.clone(),
+            registry.clone(),
+            opts.outbound.clone(),
+            cancel.clone(),
+        );
+        for sub in store.list_subscriptions().await? {
+            webhooks.start(sub);
+        }
         let mut services = vec![
             tokio::spawn(executor.run(cancel.clone())),
             tokio::spawn(tasks.clone().run(cancel.clone())),
@@ -194,6 +207,7 @@ impl Maestro {
                 config,
                 inprocess,
                 tasks,
+                webhooks,
                 cancel,
                 services: Mutex::new(services),
             }),
@@ -237,6 +251,10 @@ impl Maestro {
     /// Handlers of `transport: inprocess` agents.
     pub fn in_process(&self) -> &InProcessInvoker {
         &self.inner.inprocess
+    }
+    /// Webhook delivery.
+    pub fn webhooks(&self) -> &Webhooks {
+        &self.inner.webhooks
     }
     /// The poll-task queue of `transport: poll` agents.
     pub fn tasks(&self) -> &TaskQueue {
@@ -614,6 +632,36 @@ impl Maestro {
             e.timestamp = now_ms();
         }
         self.emit(e).await
+    }
+
+    // -- Webhook subscriptions ---------------------------------------------
+
+    /// Store a subscription and start delivering to it.
+    pub async fn create_subscription(&self, sub: SubscriptionRecord) -> Result<SubscriptionRecord> {
+        self.inner.store.insert_subscription(&sub).await?;
+        self.inner.webhooks.start(sub.clone());
+        Ok(sub)
+    }
+
+    /// Stop delivering and forget the subscription.
+    pub async fn delete_subscription(&self, id: &str) -> Result<()> {
+        if !self.inner.store.delete_subscription(id).await? {
+            return Err(Error::not_found("subscription", id));
+        }
+        self.inner.webhooks.stop(id);
+        Ok(())
+    }
+
+    /// Subscriptions with their delivery counters (since this process started).
+    pub async fn list_subscriptions(&self) -> Result<Vec<(SubscriptionRecord, DeliveryStats)>> {
+        let subs = self.inner.store.list_subscriptions().await?;
+        Ok(subs
+            .into_iter()
+            .map(|s| {
+                let stats = self.inner.webhooks.stats(&s.id).unwrap_or_default();
+                (s, stats)
+            })
+            .collect())
     }
 
     // -- Monitoring & config ----------------------------------------------

@@ -109,10 +109,10 @@ pub(crate) fn routes() -> Vec<Route> {
             .doc(
                 "listSubscriptions",
                 "Subscriptions",
-                "Webhook subscriptions",
+                "Webhook subscriptions, each with its delivery counters (delivered, failed, dropped, attempts, lastError) since the server started",
             )
             .query(&super::PAGE)
-            .list("subscriptions", schema::<SubscriptionRecord>),
+            .list("subscriptions", schema::<SubscriptionListed>),
         delete(
             "/maestro/subscriptions/{subscriptionId}",
             Access::Operator,
@@ -303,6 +303,27 @@ pub(crate) struct SubscriptionBody {
     url: String,
 }
 
+/// A subscription as listed: the record and its delivery counters.
+#[derive(Debug, Serialize, JsonSchema)]
+pub(crate) struct SubscriptionListed {
+    #[serde(flatten)]
+    subscription: SubscriptionRecord,
+    delivery: DeliveryCounters,
+}
+
+/// Delivery counters since the server started.
+#[derive(Debug, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct DeliveryCounters {
+    delivered: u64,
+    failed: u64,
+    dropped: u64,
+    attempts: u64,
+    last_delivered_seq: Option<u64>,
+    last_delivered_at: Option<u64>,
+    last_error: Option<String>,
+}
+
 /// Answer of `POST /maestro/subscriptions`.
 #[derive(Debug, Serialize, JsonSchema)]
 pub(crate) struct SubscriptionCreated {
@@ -348,7 +369,7 @@ async fn create_subscription(
         secret: secret.clone(),
         created_at: now_ms(),
     };
-    s.maestro.store().insert_subscription(&rec).await?;
+    let rec = s.maestro.create_subscription(rec).await?;
     Ok((
         StatusCode::CREATED,
         axum::Json(json!({"success": true, "subscription": rec, "secret": secret})),
@@ -359,14 +380,22 @@ async fn create_subscription(
 async fn list_subscriptions(State(s): State<AppState>, mut q: Query) -> ApiResult<Response> {
     let (limit, offset) = q.page(100, 1000)?;
     q.finish()?;
-    let subs = s.maestro.store().list_subscriptions().await?;
+    let subs: Vec<Value> = s
+        .maestro
+        .list_subscriptions()
+        .await?
+        .into_iter()
+        .map(|(sub, stats)| {
+            let mut v = serde_json::to_value(sub).unwrap_or_default();
+            v["delivery"] = serde_json::to_value(stats).unwrap_or_default();
+            v
+        })
+        .collect();
     Ok(paged("subscriptions", subs, limit, offset))
 }
 
 async fn delete_subscription(State(s): State<AppState>, PathId(id): PathId) -> ApiResult<Response> {
-    if !s.maestro.store().delete_subscription(&id).await? {
-        return Err(maestro_core::Error::not_found("subscription", &id).into());
-    }
+    s.maestro.delete_subscription(&id).await?;
     Ok(
         axum::Json(json!({"success": true, "message": format!("subscription {id} deleted")}))
             .into_response(),

@@ -128,7 +128,7 @@ async fn history(
     let (limit, _) = page_limit(&mut q)?;
     q.finish()?;
     let events = s.maestro.get_event_history(&f, limit).await?;
-    let idx = SensitiveIndex::for_caller(&s, &p);
+    let idx = redact::index_for(&s, &p);
     Ok(listing(
         events
             .into_iter()
@@ -158,7 +158,7 @@ async fn by_correlation(
         .maestro
         .get_events_by_correlation(&correlation, after, limit)
         .await?;
-    let idx = SensitiveIndex::for_caller(&s, &p);
+    let idx = redact::index_for(&s, &p);
     Ok(listing(
         events
             .into_iter()
@@ -359,7 +359,7 @@ async fn stream(
     }
     // Subscribe before reading the log: nothing falls in between.
     let live = s.maestro.subscribe(f.clone(), s.opts.sse_queue);
-    let idx = SensitiveIndex::for_caller(&s, &p).map(Arc::new);
+    let idx = redact::index_for(&s, &p).map(Arc::new);
     let streaming = Streaming {
         state: s.clone(),
         filter: f,

@@ -9,3 +9,4 @@ mod poll;
 mod process;
 mod sse;
 mod support;
+mod webhooks;

@@ -1,0 +1,265 @@
+//! Webhook subscriptions: matching events POSTed to a URL.
+//!
+//! Each subscription has its own worker fed by an event-bus subscription
+//! whose bounded queue is the backlog ([`BACKLOG`] events; beyond it events
+//! are dropped and counted). The worker delivers in seq order, one at a time,
+//! retrying a failed delivery with exponential backoff (up to [`MAX_ATTEMPTS`]
+//! attempts) before the next event; a destination refused by the outbound
+//! allow-list is not retried. Deliveries go through the same [`Outbound`]
+//! port (allow-list, no redirects, no proxies) as the `callback` error handler.
+//!
+//! Each POST carries the event as JSON (sensitive outputs masked), and the
+//! headers `X-Maestro-Delivery: <subscriptionId>:<seq>` (the same on every
+//! retry, so receivers can drop duplicates), `X-Maestro-Event: <type>` and
+//! `X-Maestro-Signature: sha256=<hex HMAC-SHA256 of the body with the
+//! subscription's secret>`.
+//!
+//! Delivery is at least once while the server runs; the backlog lives in
+//! memory, so events published while a server is down or not yet delivered
+//! when it stops are not delivered later.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hmac::{Hmac, Mac};
+use maestro_core::model::{ChoreographyEvent, EventFilter};
+use maestro_core::ports::{Outbound, OutboundError, SubscriptionRecord};
+use serde::Serialize;
+use sha2::Sha256;
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::now_ms;
+use crate::eventbus::EventBus;
+use crate::redact::{self, SensitiveIndex};
+use crate::registry::Registry;
+
+/// Events a subscription may fall behind before new ones are dropped.
+pub const BACKLOG: usize = 1000;
+/// Attempts per event (the first included).
+pub const MAX_ATTEMPTS: u32 = 8;
+const FIRST_BACKOFF_MS: u64 = 100;
+const MAX_BACKOFF_MS: u64 = 30_000;
+const DELIVERY_TIMEOUT_MS: u64 = 10_000;
+
+/// Delivery counters of one subscription.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeliveryStats {
+    /// Events delivered (a 2xx answer).
+    pub delivered: u64,
+    /// Events given up on after their attempts (or refused by the allow-list).
+    pub failed: u64,
+    /// Events dropped because the backlog was full.
+    pub dropped: u64,
+    /// POSTs made, retries included.
+    pub attempts: u64,
+    /// Seq of the last event delivered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_delivered_seq: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_delivered_at: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+#[derive(Default)]
+struct Counters {
+    delivered: AtomicU64,
+    failed: AtomicU64,
+    attempts: AtomicU64,
+    dropped: AtomicU64,
+    last: Mutex<(Option<u64>, Option<u64>, Option<String>)>,
+}
+
+struct Worker {
+    counters: Arc<Counters>,
+    stop: CancellationToken,
+}
+
+/// The webhook deliverer. Cheap to clone.
+#[derive(Clone)]
+pub struct Webhooks {
+    bus: EventBus,
+    registry: Registry,
+    outbound: Option<Arc<dyn Outbound>>,
+    workers: Arc<Mutex<HashMap<String, Worker>>>,
+    stop: CancellationToken,
+}
+
+impl std::fmt::Debug for Webhooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Webhooks").finish_non_exhaustive()
+    }
+}
+
+/// `sha256=<hex>` of the body with the secret.
+pub fn signature(secret: &str, body: &[u8]) -> String {
+    let mut mac =
+        Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes keys of any length");
+    mac.update(body);
+    let bytes = mac.finalize().into_bytes();
+    let mut s = String::with_capacity(7 + 64);
+    s.push_str("sha256=");
+    for b in bytes {
+        s.push_str(&format!("{b:02x}"));
+    }
+    s
+}
+
+fn filter_of(sub: &SubscriptionRecord) -> EventFilter {
+    EventFilter {
+        event_types: sub.event_types.clone(),
+        agent_id: sub.agent_id.clone(),
+        workflow_id: sub.workflow_id.clone(),
+        ..Default::default()
+    }
+}
+
+impl Webhooks {
+    pub fn new(
+        bus: EventBus,
+        registry: Registry,
+        outbound: Option<Arc<dyn Outbound>>,
+        stop: CancellationToken,
+    ) -> Self {
+        Webhooks {
+            bus,
+            registry,
+            outbound,
+            workers: Arc::default(),
+            stop,
+        }
+    }
+
+    /// Start delivering to `sub` (replacing a worker of the same id).
+    pub fn start(&self, sub: SubscriptionRecord) {
+        let Some(outbound) = self.outbound.clone() else {
+            tracing::warn!(subscription = %sub.id, "no outbound HTTP configured: webhooks are not delivered");
+            return;
+        };
+        let counters = Arc::new(Counters::default());
+        let stop = self.stop.child_token();
+        let stream = self.bus.subscribe(filter_of(&sub), BACKLOG);
+        if let Some(old) = self.workers.lock().expect("webhooks").insert(
+            sub.id.clone(),
+            Worker {
+                counters: counters.clone(),
+                stop: stop.clone(),
+            },
+        ) {
+            old.stop.cancel();
+        }
+        let registry = self.registry.clone();
+        tokio::spawn(async move {
+            let mut stream = stream;
+            loop {
+                let event = tokio::select! {
+                    e = stream.recv() => e,
+                    _ = stop.cancelled() => None,
+                };
+                counters.dropped.store(stream.dropped(), Ordering::Relaxed);
+                let Some(event) = event else { return };
+                let idx = SensitiveIndex::from_registry(&registry);
+                let event = redact::event(idx.as_ref(), event);
+                deliver(&*outbound, &sub, &event, &counters, &stop).await;
+            }
+        });
+    }
+
+    /// Stop delivering to subscription `id`.
+    pub fn stop(&self, id: &str) {
+        if let Some(w) = self.workers.lock().expect("webhooks").remove(id) {
+            w.stop.cancel();
+        }
+    }
+
+    /// The counters of subscription `id`.
+    pub fn stats(&self, id: &str) -> Option<DeliveryStats> {
+        let workers = self.workers.lock().expect("webhooks");
+        let c = &workers.get(id)?.counters;
+        let last = c.last.lock().expect("webhook counters").clone();
+        Some(DeliveryStats {
+            delivered: c.delivered.load(Ordering::Relaxed),
+            failed: c.failed.load(Ordering::Relaxed),
+            dropped: c.dropped.load(Ordering::Relaxed),
+            attempts: c.attempts.load(Ordering::Relaxed),
+            last_delivered_seq: last.0,
+            last_delivered_at: last.1,
+            last_error: last.2,
+        })
+    }
+}
+
+/// Deliver one event, retrying with backoff.
+async fn deliver(
+    outbound: &dyn Outbound,
+    sub: &SubscriptionRecord,
+    event: &ChoreographyEvent,
+    counters: &Counters,
+    stop: &CancellationToken,
+) {
+    let body = match serde_json::to_value(event) {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::error!(error = %e, "webhook: event does not serialize");
+            return;
+        }
+    };
+    // What reqwest will send for this value, byte for byte.
+    let bytes = serde_json::to_vec(&body).unwrap_or_default();
+    let headers = vec![
+        ("X-Maestro-Delivery".to_owned(), format!("{}:{}", sub.id, event.seq)),
+        ("X-Maestro-Event".to_owned(), event.event_type.as_str().to_owned()),
+        ("X-Maestro-Signature".to_owned(), signature(&sub.secret, &bytes)),
+    ];
+    let mut backoff = FIRST_BACKOFF_MS;
+    for attempt in 1..=MAX_ATTEMPTS {
+        counters.attempts.fetch_add(1, Ordering::Relaxed);
+        let result = outbound
+            .post_json(&sub.url, &body, &headers, DELIVERY_TIMEOUT_MS)
+            .await;
+        let why = match result {
+            Ok(_) => {
+                counters.delivered.fetch_add(1, Ordering::Relaxed);
+                let mut last = counters.last.lock().expect("webhook counters");
+                *last = (Some(event.seq), Some(now_ms()), last.2.take());
+                metrics::counter!("maestro_webhook_deliveries_total", "outcome" => "delivered")
+                    .increment(1);
+                return;
+            }
+            Err(e) => e,
+        };
+        let final_ = matches!(why, OutboundError::Refused(_) | OutboundError::InvalidUrl(_))
+            || attempt == MAX_ATTEMPTS;
+        tracing::debug!(subscription = %sub.id, seq = event.seq, attempt, error = %why, "webhook delivery failed");
+        counters.last.lock().expect("webhook counters").2 = Some(why.to_string());
+        if final_ {
+            counters.failed.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("maestro_webhook_deliveries_total", "outcome" => "failed")
+                .increment(1);
+            tracing::warn!(subscription = %sub.id, seq = event.seq, error = %why, "webhook delivery given up");
+            return;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(backoff)) => {}
+            _ = stop.cancelled() => return,
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF_MS);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signature_is_hmac_sha256_hex() {
+        // RFC 4231 test case 2.
+        assert_eq!(
+            signature("Jefe", b"what do ya want for nothing?"),
+            "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
+}
