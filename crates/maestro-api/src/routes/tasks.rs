@@ -172,8 +172,12 @@ async fn poll(
     if s.is_draining() {
         return Err(ApiError::NotReady("the server is shutting down".into()));
     }
-    // Polling is a sign of life.
-    if now_ms().saturating_sub(agent.last_heartbeat) >= POLL_HEARTBEAT_EVERY_MS {
+    // Polling is a sign of life: written at most every second (and often
+    // enough for the health checker's interval).
+    let every = POLL_HEARTBEAT_EVERY_MS.min(s.maestro.get_config().health_check_interval_ms / 2);
+    if agent.status != maestro_core::model::AgentStatus::Online
+        || now_ms().saturating_sub(agent.last_heartbeat) >= every
+    {
         s.maestro.heartbeat(&agent_id, None).await?;
     }
     let tasks = s

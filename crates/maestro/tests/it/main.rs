@@ -3,6 +3,7 @@
 
 mod api;
 mod auth;
+mod health;
 mod hostile;
 mod openapi;
 mod poll;
