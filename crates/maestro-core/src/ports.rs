@@ -189,6 +189,8 @@ pub trait EventStore: Send + Sync {
     async fn last_seq(&self) -> Result<u64>;
     /// Events with timestamp >= `since` (for throughput).
     async fn count_events_since(&self, since: Timestamp) -> Result<u64>;
+    /// How many events match `filter` (all of them, for a list's `total`).
+    async fn count_events(&self, filter: &EventFilter) -> Result<u64>;
 }
 
 /// A stored API token: only the SHA-256 of its secret is kept.

@@ -74,15 +74,16 @@ pub async fn execution(
 ) -> WorkflowExecution {
     // Which capability each step called; if the revision cannot be read, fall
     // back to masking every sensitive key.
-    let capabilities: Option<HashMap<String, String>> = match m.get_workflow(&e.workflow_id, Some(e.revision)).await {
-        Ok(Some(wf)) => Some(
-            wf.steps
-                .into_iter()
-                .map(|st| (st.id, st.capability))
-                .collect(),
-        ),
-        _ => None,
-    };
+    let capabilities: Option<HashMap<String, String>> =
+        match m.get_workflow(&e.workflow_id, Some(e.revision)).await {
+            Ok(Some(wf)) => Some(
+                wf.steps
+                    .into_iter()
+                    .map(|st| (st.id, st.capability))
+                    .collect(),
+            ),
+            _ => None,
+        };
     let keys_for = |step_id: &str| -> &HashSet<String> {
         match &capabilities {
             Some(m) => m

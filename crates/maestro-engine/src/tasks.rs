@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use maestro_core::model::{RegisteredAgent, Timestamp};
-use maestro_core::ports::{InvokeError, Invocation, Invoker, Store, TaskRecord, TaskStatus};
+use maestro_core::ports::{Invocation, InvokeError, Invoker, Store, TaskRecord, TaskStatus};
 use maestro_core::step_codes;
 use maestro_core::{Error, Result};
 use serde_json::{Map, Value, json};
@@ -94,7 +94,9 @@ fn error_answer(result: &Option<Value>) -> InvokeError {
         .as_ref()
         .and_then(|r| r.get("error"))
         .and_then(|e| serde_json::from_value::<InvokeError>(e.clone()).ok())
-        .unwrap_or_else(|| InvokeError::new(step_codes::AGENT_ERROR, "the agent failed the task", true))
+        .unwrap_or_else(|| {
+            InvokeError::new(step_codes::AGENT_ERROR, "the agent failed the task", true)
+        })
 }
 
 /// The answer a finished task stands for.
@@ -182,7 +184,11 @@ impl TaskQueue {
             }
             if now.saturating_sub(last_purge) > 60_000 {
                 last_purge = now;
-                if let Err(e) = self.store.purge_tasks(now.saturating_sub(KEEP_FINISHED_MS)).await {
+                if let Err(e) = self
+                    .store
+                    .purge_tasks(now.saturating_sub(KEEP_FINISHED_MS))
+                    .await
+                {
                     tracing::warn!(error = %e, "task queue: purging old tasks failed");
                 }
             }
@@ -200,7 +206,8 @@ impl TaskQueue {
         cancel: &CancellationToken,
     ) -> Result<Vec<TaskRecord>> {
         let notify = self.notify(agent_id);
-        let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms.min(MAX_WAIT_MS));
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_millis(wait_ms.min(MAX_WAIT_MS));
         loop {
             // Registered before looking, so an enqueue in between wakes us.
             let notified = notify.notified();
@@ -220,9 +227,17 @@ impl TaskQueue {
             if !leased.is_empty() {
                 // The lease lasts each task's own attempt timeout.
                 for t in leased.iter_mut() {
-                    let timeout = t.body.get("timeoutMs").and_then(Value::as_u64).unwrap_or(10_000);
+                    let timeout = t
+                        .body
+                        .get("timeoutMs")
+                        .and_then(Value::as_u64)
+                        .unwrap_or(10_000);
                     let until = now + timeout.max(1);
-                    if self.store.extend_lease(&t.task_id, agent_id, until, now).await? {
+                    if self
+                        .store
+                        .extend_lease(&t.task_id, agent_id, until, now)
+                        .await?
+                    {
                         t.lease_expires_at = Some(until);
                     }
                 }
@@ -316,10 +331,18 @@ impl TaskQueue {
                 )));
             }
         }
-        let timeout = t.body.get("timeoutMs").and_then(Value::as_u64).unwrap_or(10_000);
+        let timeout = t
+            .body
+            .get("timeoutMs")
+            .and_then(Value::as_u64)
+            .unwrap_or(10_000);
         let now = now_ms();
         let until = now + extend_ms.unwrap_or(timeout).clamp(1, 24 * 3600 * 1000);
-        if self.store.extend_lease(task_id, &t.agent_id, until, now).await? {
+        if self
+            .store
+            .extend_lease(task_id, &t.agent_id, until, now)
+            .await?
+        {
             return Ok(LeaseState {
                 lease_expires_at: until,
                 cancel_requested: false,
@@ -353,7 +376,11 @@ impl TaskQueue {
                 )),
             );
         }
-        self.shared.lock().expect("task queue").agents.remove(agent_id);
+        self.shared
+            .lock()
+            .expect("task queue")
+            .agents
+            .remove(agent_id);
         Ok(cancelled.len())
     }
 }
@@ -431,7 +458,9 @@ impl Invoker for TaskQueue {
     async fn cancel(&self, _agent: &RegisteredAgent, invocation: &Invocation) {
         match self.store.cancel_task(&invocation.task_id, now_ms()).await {
             Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, task = %invocation.task_id, "cancelling a task failed"),
+            Err(e) => {
+                tracing::warn!(error = %e, task = %invocation.task_id, "cancelling a task failed")
+            }
         }
         self.resolve(
             &invocation.task_id,

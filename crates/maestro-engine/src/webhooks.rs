@@ -210,9 +210,18 @@ async fn deliver(
     // What reqwest will send for this value, byte for byte.
     let bytes = serde_json::to_vec(&body).unwrap_or_default();
     let headers = vec![
-        ("X-Maestro-Delivery".to_owned(), format!("{}:{}", sub.id, event.seq)),
-        ("X-Maestro-Event".to_owned(), event.event_type.as_str().to_owned()),
-        ("X-Maestro-Signature".to_owned(), signature(&sub.secret, &bytes)),
+        (
+            "X-Maestro-Delivery".to_owned(),
+            format!("{}:{}", sub.id, event.seq),
+        ),
+        (
+            "X-Maestro-Event".to_owned(),
+            event.event_type.as_str().to_owned(),
+        ),
+        (
+            "X-Maestro-Signature".to_owned(),
+            signature(&sub.secret, &bytes),
+        ),
     ];
     let mut backoff = FIRST_BACKOFF_MS;
     for attempt in 1..=MAX_ATTEMPTS {
@@ -231,8 +240,10 @@ async fn deliver(
             }
             Err(e) => e,
         };
-        let final_ = matches!(why, OutboundError::Refused(_) | OutboundError::InvalidUrl(_))
-            || attempt == MAX_ATTEMPTS;
+        let final_ = matches!(
+            why,
+            OutboundError::Refused(_) | OutboundError::InvalidUrl(_)
+        ) || attempt == MAX_ATTEMPTS;
         tracing::debug!(subscription = %sub.id, seq = event.seq, attempt, error = %why, "webhook delivery failed");
         counters.last.lock().expect("webhook counters").2 = Some(why.to_string());
         if final_ {

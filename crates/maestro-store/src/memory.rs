@@ -463,6 +463,15 @@ impl EventStore for MemoryStore {
             .filter(|e| e.timestamp >= since)
             .count() as u64)
     }
+
+    async fn count_events(&self, filter: &EventFilter) -> Result<u64> {
+        Ok(self
+            .lock()
+            .events
+            .iter()
+            .filter(|e| filter.matches(e))
+            .count() as u64)
+    }
 }
 
 #[async_trait]

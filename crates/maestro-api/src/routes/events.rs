@@ -114,9 +114,15 @@ fn filter(q: &mut Query) -> ApiResult<EventFilter> {
     })
 }
 
-fn listing(events: Vec<ChoreographyEvent>) -> Response {
+/// `total`: every event matching the filter (`after` included), not only
+/// this page.
+fn listing(events: Vec<ChoreographyEvent>, total: u64) -> Response {
     let n = events.len();
-    axum::Json(json!({"success": true, "count": n, "total": n, "events": events})).into_response()
+    axum::Json(
+        json!({"success": true, "count": n, "total": total.max(n as u64),
+        "events": events}),
+    )
+    .into_response()
 }
 
 async fn history(
@@ -128,12 +134,14 @@ async fn history(
     let (limit, _) = page_limit(&mut q)?;
     q.finish()?;
     let events = s.maestro.get_event_history(&f, limit).await?;
+    let total = s.maestro.store().count_events(&f).await?;
     let idx = redact::index_for(&s, &p);
     Ok(listing(
         events
             .into_iter()
             .map(|e| redact::event(idx.as_ref(), e))
             .collect(),
+        total,
     ))
 }
 
@@ -158,12 +166,22 @@ async fn by_correlation(
         .maestro
         .get_events_by_correlation(&correlation, after, limit)
         .await?;
+    let total = s
+        .maestro
+        .store()
+        .count_events(&EventFilter {
+            correlation_id: Some(correlation.clone()),
+            after,
+            ..Default::default()
+        })
+        .await?;
     let idx = redact::index_for(&s, &p);
     Ok(listing(
         events
             .into_iter()
             .map(|e| redact::event(idx.as_ref(), e))
             .collect(),
+        total,
     ))
 }
 

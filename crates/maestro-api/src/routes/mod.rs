@@ -361,7 +361,10 @@ async fn guard(State(g): State<Guard>, req: Request, next: Next) -> Response {
 async fn catch_panic(req: Request, next: Next) -> Response {
     use futures_util::FutureExt;
     let what = format!("{} {}", req.method(), req.uri().path());
-    match std::panic::AssertUnwindSafe(next.run(req)).catch_unwind().await {
+    match std::panic::AssertUnwindSafe(next.run(req))
+        .catch_unwind()
+        .await
+    {
         Ok(resp) => resp,
         Err(panic) => {
             let msg = panic

@@ -164,7 +164,10 @@ async fn poll(
         ));
     }
     if body.capabilities.len() > 100 {
-        return Err(ApiError::validation("at most 100 capabilities", "capabilities"));
+        return Err(ApiError::validation(
+            "at most 100 capabilities",
+            "capabilities",
+        ));
     }
     let Some(agent) = s.maestro.get_agent(&agent_id) else {
         return Err(maestro_core::Error::not_found("agent", &agent_id).into());
@@ -216,7 +219,10 @@ async fn fail(
 ) -> ApiResult<Response> {
     let e = body.error;
     if e.code.is_empty() || e.code.len() > 128 {
-        return Err(ApiError::validation("error.code must be 1-128 characters", "error.code"));
+        return Err(ApiError::validation(
+            "error.code must be 1-128 characters",
+            "error.code",
+        ));
     }
     let err = InvokeError {
         code: e.code,
@@ -224,7 +230,11 @@ async fn fail(
         retryable: e.retryable,
         details: e.details,
     };
-    let t = s.maestro.tasks().finish(&task_id, p.agent(), Err(err)).await?;
+    let t = s
+        .maestro
+        .tasks()
+        .finish(&task_id, p.agent(), Err(err))
+        .await?;
     Ok(task_answer(&t))
 }
 
@@ -239,7 +249,9 @@ async fn heartbeat(
         .tasks()
         .heartbeat(&task_id, p.agent(), body.extend_ms)
         .await?;
-    Ok(axum::Json(json!({"success": true, "leaseExpiresAt": l.lease_expires_at,
-        "cancelRequested": l.cancel_requested}))
+    Ok(axum::Json(
+        json!({"success": true, "leaseExpiresAt": l.lease_expires_at,
+        "cancelRequested": l.cancel_requested}),
+    )
     .into_response())
 }

@@ -1473,6 +1473,32 @@ pub async fn event_payloads(store: &dyn Store) {
         0,
         "count_events_since: none that recent"
     );
+    // count_events agrees with what query_events finds, for several filters.
+    for f in [
+        EventFilter::default(),
+        EventFilter {
+            since: Some(T0 + 2),
+            ..Default::default()
+        },
+        EventFilter {
+            event_types: vec![EventType::AgentEvent, EventType::AgentAlert],
+            ..Default::default()
+        },
+        EventFilter {
+            correlation_id: Some("no-such-correlation".into()),
+            ..Default::default()
+        },
+    ] {
+        let all = store
+            .query_events(&f, EventOrder::Ascending, usize::MAX >> 1)
+            .await
+            .expect("count_events: query");
+        assert_eq!(
+            store.count_events(&f).await.expect("count_events"),
+            all.len() as u64,
+            "count_events: the number query_events finds for {f:?}"
+        );
+    }
 }
 
 /// Tokens: insert, duplicates refused, get, list by creation, revoke once.

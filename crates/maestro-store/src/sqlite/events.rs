@@ -5,7 +5,7 @@ use maestro_core::Result;
 use maestro_core::model::{ChoreographyEvent, EventFilter, EventType, NewEvent, Timestamp};
 use maestro_core::ports::{EventOrder, EventStore};
 use sqlx::sqlite::SqliteRow;
-use sqlx::{AssertSqlSafe, SqliteConnection};
+use sqlx::{AssertSqlSafe, Row, SqliteConnection};
 
 use super::codec::{Bind, Where, bind_all, get, int, json, opt_json, uint};
 use super::write::{self, MultiInsert, Query, to_json};
@@ -189,6 +189,18 @@ impl EventStore for SqliteStore {
             .await
             .map_err(db)?;
         Ok(uint(v, "event seq")?)
+    }
+
+    async fn count_events(&self, filter: &EventFilter) -> Result<u64> {
+        let w = event_filter(filter);
+        let sql = format!("SELECT COUNT(*) FROM events{}", w.sql());
+        let n: i64 = bind_all(sqlx::query(AssertSqlSafe(sql)), &w.binds)
+            .fetch_one(&self.reader)
+            .await
+            .map_err(db)?
+            .try_get(0)
+            .map_err(db)?;
+        Ok(uint(n, "event count")?)
     }
 
     async fn count_events_since(&self, since: Timestamp) -> Result<u64> {

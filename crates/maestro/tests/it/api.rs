@@ -458,8 +458,31 @@ async fn events_config_metrics_tokens_subscriptions() {
     );
     let (_, v) = s.get("/maestro/events?eventTypes=agent:alert").await;
     assert_eq!(v["count"], 1);
-    let (_, v) = s.get(&format!("/maestro/events?after={seq}")).await;
-    assert_eq!(v["count"], 0);
+    for i in 0..3 {
+        s.post(
+            "/maestro/events",
+            json!({"type": "agent:event", "payload": {"i": i}}),
+        )
+        .await;
+    }
+    let (_, v) = s
+        .get("/maestro/events?eventTypes=agent:event&limit=2")
+        .await;
+    assert_eq!(
+        (v["count"].as_u64(), v["total"].as_u64()),
+        (Some(2), Some(3)),
+        "{v}"
+    );
+    assert_eq!(
+        v["events"][1]["payload"]["i"], 2,
+        "the newest, in seq order"
+    );
+    let (_, v) = s.get(&format!("/maestro/events?after={seq}&limit=1")).await;
+    assert_eq!(
+        (v["count"].as_u64(), v["total"].as_u64()),
+        (Some(1), Some(3)),
+        "{v}"
+    );
     let (st, _) = s.get("/maestro/events?eventTypes=nope").await;
     assert_eq!(st, StatusCode::BAD_REQUEST);
     let (st, _) = s.get("/maestro/events?limit=10001").await;

@@ -25,7 +25,8 @@ async fn status_becomes(s: &Server, id: &str, want: &str) {
 async fn probes_and_heartbeats_drive_status_with_events() {
     let s = Server::start_with(|c| c.runtime.health_check_interval_ms = 100).await;
     let alive = Agent::echo().await;
-    s.register_http_agent("alive", &alive.endpoint(), &["say"]).await;
+    s.register_http_agent("alive", &alive.endpoint(), &["say"])
+        .await;
     // An HTTP agent whose endpoint answers nothing: the probe fails.
     let dead = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -34,8 +35,11 @@ async fn probes_and_heartbeats_drive_status_with_events() {
     s.register_http_agent("dead", &dead, &["say"]).await;
     // A poll agent that stays silent, then polls.
     let (st, v) = s
-        .post("/maestro/agents", json!({"id": "poller", "type": "worker", "transport": "poll",
-            "capabilities": [{"id": "work"}]}))
+        .post(
+            "/maestro/agents",
+            json!({"id": "poller", "type": "worker", "transport": "poll",
+            "capabilities": [{"id": "work"}]}),
+        )
         .await;
     assert_eq!(st, StatusCode::CREATED);
     let token = v["agentToken"].as_str().unwrap().to_owned();
@@ -47,13 +51,19 @@ async fn probes_and_heartbeats_drive_status_with_events() {
 
     // Polling is a heartbeat: back online.
     let (st, _) = s
-        .call(Method::POST, "/maestro/agents/poller/tasks/poll", Some(&token),
-            Some(json!({"waitMs": 0})))
+        .call(
+            Method::POST,
+            "/maestro/agents/poller/tasks/poll",
+            Some(&token),
+            Some(json!({"waitMs": 0})),
+        )
         .await;
     assert_eq!(st, StatusCode::OK);
     status_becomes(&s, "poller", "online").await;
 
-    let (_, v) = s.get("/maestro/events?eventTypes=agent:health&limit=100").await;
+    let (_, v) = s
+        .get("/maestro/events?eventTypes=agent:health&limit=100")
+        .await;
     let changes: Vec<(String, String)> = v["events"]
         .as_array()
         .unwrap()
@@ -65,9 +75,18 @@ async fn probes_and_heartbeats_drive_status_with_events() {
             )
         })
         .collect();
-    assert!(changes.contains(&("dead".into(), "offline".into())), "{changes:?}");
-    assert!(changes.contains(&("poller".into(), "offline".into())), "{changes:?}");
-    assert!(changes.contains(&("poller".into(), "online".into())), "{changes:?}");
+    assert!(
+        changes.contains(&("dead".into(), "offline".into())),
+        "{changes:?}"
+    );
+    assert!(
+        changes.contains(&("poller".into(), "offline".into())),
+        "{changes:?}"
+    );
+    assert!(
+        changes.contains(&("poller".into(), "online".into())),
+        "{changes:?}"
+    );
     assert!(!changes.iter().any(|(a, _)| a == "alive"), "{changes:?}");
 
     // Health computed from the probes: the dead agent is unhealthy with no uptime.
@@ -75,7 +94,10 @@ async fn probes_and_heartbeats_drive_status_with_events() {
     assert_eq!(v["health"]["status"], "unhealthy", "{v}");
     assert_eq!(v["health"]["uptime"], 0.0);
     let (_, v) = s.get("/maestro/metrics").await;
-    assert!(v["metrics"]["agentHealthScores"]["alive"].as_f64().unwrap() > 90.0, "{v}");
+    assert!(
+        v["metrics"]["agentHealthScores"]["alive"].as_f64().unwrap() > 90.0,
+        "{v}"
+    );
     s.stop().await;
 }
 
@@ -90,14 +112,21 @@ async fn a_failing_agent_turns_degraded_from_its_error_rate() {
         }
     })
     .await;
-    s.register_http_agent("flaky", &flaky.endpoint(), &["do"]).await;
-    s.post("/maestro/workflows", json!({"id": "w", "name": "w", "steps": [
-        {"id": "a", "agentId": "flaky", "capability": "do", "inputs": {"fail": "${fail}"}}]}))
+    s.register_http_agent("flaky", &flaky.endpoint(), &["do"])
         .await;
+    s.post(
+        "/maestro/workflows",
+        json!({"id": "w", "name": "w", "steps": [
+        {"id": "a", "agentId": "flaky", "capability": "do", "inputs": {"fail": "${fail}"}}]}),
+    )
+    .await;
     for i in 0..10 {
         let fail = i % 3 == 0; // 4 of 10 fail: 40 % > the 10 % threshold
-        s.post("/maestro/workflows/w/execute?wait=5000", json!({"inputs": {"fail": fail}}))
-            .await;
+        s.post(
+            "/maestro/workflows/w/execute?wait=5000",
+            json!({"inputs": {"fail": fail}}),
+        )
+        .await;
     }
     status_becomes(&s, "flaky", "degraded").await;
     let (_, v) = s.get("/maestro/agents/flaky/health").await;

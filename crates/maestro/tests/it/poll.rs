@@ -34,9 +34,20 @@ async fn poll(s: &Server, agent: &str, token: &str, wait_ms: u64) -> Vec<Value> 
     v["tasks"].as_array().unwrap().clone()
 }
 
-async fn answer(s: &Server, token: &str, task: &str, verb: &str, body: Value) -> (StatusCode, Value) {
-    s.call(Method::POST, &format!("/maestro/tasks/{task}/{verb}"), Some(token), Some(body))
-        .await
+async fn answer(
+    s: &Server,
+    token: &str,
+    task: &str,
+    verb: &str,
+    body: Value,
+) -> (StatusCode, Value) {
+    s.call(
+        Method::POST,
+        &format!("/maestro/tasks/{task}/{verb}"),
+        Some(token),
+        Some(body),
+    )
+    .await
 }
 
 fn chain(id: &str, agent: Option<&str>, steps: usize, timeout: u64, attempts: u32) -> Value {
@@ -63,7 +74,8 @@ async fn a_poll_agent_runs_a_workflow_and_long_polls_time_out_empty() {
     // Nothing queued: the long poll ends empty after its wait.
     assert!(poll(&s, "w1", &token, 100).await.is_empty());
 
-    s.post("/maestro/workflows", chain("c", Some("w1"), 3, 5_000, 1)).await;
+    s.post("/maestro/workflows", chain("c", Some("w1"), 3, 5_000, 1))
+        .await;
     let (st, v) = s.post("/maestro/workflows/c/execute", json!({})).await;
     assert_eq!(st, StatusCode::ACCEPTED);
     let exec = v["execution"]["id"].as_str().unwrap().to_owned();
@@ -75,8 +87,14 @@ async fn a_poll_agent_runs_a_workflow_and_long_polls_time_out_empty() {
             assert!(t["leaseExpiresAt"].as_u64().unwrap() > 0);
             assert!(t["traceparent"].as_str().unwrap().starts_with("00-"));
             let n = t["inputs"]["n"].as_u64().unwrap();
-            let (st, v) = answer(&s, &token, t["taskId"].as_str().unwrap(), "complete",
-                json!({"outputs": {"double": n * 2}})).await;
+            let (st, v) = answer(
+                &s,
+                &token,
+                t["taskId"].as_str().unwrap(),
+                "complete",
+                json!({"outputs": {"double": n * 2}}),
+            )
+            .await;
             assert_eq!(st, StatusCode::OK, "{v}");
             assert_eq!(v["task"]["status"], "completed");
             done += 1;
@@ -95,7 +113,8 @@ async fn a_poll_agent_runs_a_workflow_and_long_polls_time_out_empty() {
 async fn an_expired_lease_fails_the_attempt_and_the_retry_redelivers() {
     let s = Server::start().await;
     let token = poll_agent(&s, "w1", &["work"]).await;
-    s.post("/maestro/workflows", chain("c", Some("w1"), 1, 300, 2)).await;
+    s.post("/maestro/workflows", chain("c", Some("w1"), 1, 300, 2))
+        .await;
     let (_, v) = s.post("/maestro/workflows/c/execute", json!({})).await;
     let exec = v["execution"]["id"].as_str().unwrap().to_owned();
     let first = poll(&s, "w1", &token, 2_000).await;
@@ -113,9 +132,19 @@ async fn an_expired_lease_fails_the_attempt_and_the_retry_redelivers() {
     assert_eq!(second[0]["attempt"], 2);
     // The late answer to attempt 1 is refused.
     let (st, v) = answer(&s, &token, &first_id, "complete", json!({"outputs": {}})).await;
-    assert_eq!((st, v["code"].as_str()), (StatusCode::CONFLICT, Some("LEASE_EXPIRED")), "{v}");
-    let (st, _) = answer(&s, &token, second[0]["taskId"].as_str().unwrap(), "complete",
-        json!({"outputs": {"ok": true}})).await;
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (StatusCode::CONFLICT, Some("LEASE_EXPIRED")),
+        "{v}"
+    );
+    let (st, _) = answer(
+        &s,
+        &token,
+        second[0]["taskId"].as_str().unwrap(),
+        "complete",
+        json!({"outputs": {"ok": true}}),
+    )
+    .await;
     assert_eq!(st, StatusCode::OK);
     let e = s.wait_terminal(&exec).await;
     assert_eq!(e["status"], "completed", "{e}");
@@ -131,7 +160,8 @@ async fn heartbeats_keep_a_slow_task_alive_and_answers_are_checked() {
     let token = poll_agent(&s, "w1", &["work"]).await;
     let other = poll_agent(&s, "w2", &["work"]).await;
     let reader = s.token("reader", None).await;
-    s.post("/maestro/workflows", chain("c", Some("w1"), 1, 300, 1)).await;
+    s.post("/maestro/workflows", chain("c", Some("w1"), 1, 300, 1))
+        .await;
     let (_, v) = s.post("/maestro/workflows/c/execute", json!({})).await;
     let exec = v["execution"]["id"].as_str().unwrap().to_owned();
     let t = poll(&s, "w1", &token, 2_000).await.remove(0);
@@ -151,7 +181,10 @@ async fn heartbeats_keep_a_slow_task_alive_and_answers_are_checked() {
     let (st, _) = answer(&s, &token, "nope:s0:1", "complete", json!({"outputs": {}})).await;
     assert_eq!(st, StatusCode::NOT_FOUND);
     let (st, v) = answer(&s, &token, &id, "complete", json!({"output": {}})).await;
-    assert_eq!((st, v["details"]["field"].as_str()), (StatusCode::BAD_REQUEST, Some("output")));
+    assert_eq!(
+        (st, v["details"]["field"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("output"))
+    );
 
     let (st, _) = answer(&s, &token, &id, "complete", json!({"outputs": {"v": 1}})).await;
     assert_eq!(st, StatusCode::OK);
@@ -159,13 +192,28 @@ async fn heartbeats_keep_a_slow_task_alive_and_answers_are_checked() {
     let (st, _) = answer(&s, &token, &id, "complete", json!({"outputs": {"v": 1}})).await;
     assert_eq!(st, StatusCode::OK);
     let (st, v) = answer(&s, &token, &id, "complete", json!({"outputs": {"v": 2}})).await;
-    assert_eq!((st, v["code"].as_str()), (StatusCode::CONFLICT, Some("INVALID_STATE")));
-    let (st, _) = answer(&s, &token, &id, "fail",
-        json!({"error": {"code": "X", "message": "m", "retryable": false}})).await;
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (StatusCode::CONFLICT, Some("INVALID_STATE"))
+    );
+    let (st, _) = answer(
+        &s,
+        &token,
+        &id,
+        "fail",
+        json!({"error": {"code": "X", "message": "m", "retryable": false}}),
+    )
+    .await;
     assert_eq!(st, StatusCode::CONFLICT);
     let e = s.wait_terminal(&exec).await;
     assert_eq!(e["status"], "completed");
-    assert_eq!(e["stepExecutions"]["s0"]["attempts"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        e["stepExecutions"]["s0"]["attempts"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
     s.stop().await;
 }
 
@@ -173,18 +221,31 @@ async fn heartbeats_keep_a_slow_task_alive_and_answers_are_checked() {
 async fn fail_cancel_and_deregistration() {
     let s = Server::start().await;
     let token = poll_agent(&s, "w1", &["work"]).await;
-    s.post("/maestro/workflows", chain("c", Some("w1"), 1, 5_000, 3)).await;
+    s.post("/maestro/workflows", chain("c", Some("w1"), 1, 5_000, 3))
+        .await;
 
     // An agent's fail with retryable:false ends the step with its code.
     let (_, v) = s.post("/maestro/workflows/c/execute", json!({})).await;
     let exec = v["execution"]["id"].as_str().unwrap().to_owned();
     let t = poll(&s, "w1", &token, 2_000).await.remove(0);
-    let (st, _) = answer(&s, &token, t["taskId"].as_str().unwrap(), "fail",
-        json!({"error": {"code": "BAD_INPUT", "message": "no", "retryable": false}})).await;
+    let (st, _) = answer(
+        &s,
+        &token,
+        t["taskId"].as_str().unwrap(),
+        "fail",
+        json!({"error": {"code": "BAD_INPUT", "message": "no", "retryable": false}}),
+    )
+    .await;
     assert_eq!(st, StatusCode::OK);
     let e = s.wait_terminal(&exec).await;
     assert_eq!(e["stepExecutions"]["s0"]["error"]["code"], "BAD_INPUT");
-    assert_eq!(e["stepExecutions"]["s0"]["attempts"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        e["stepExecutions"]["s0"]["attempts"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
 
     // Cancelling the execution: the leased task's heartbeat says so, and its
     // answer is refused.
@@ -192,11 +253,17 @@ async fn fail_cancel_and_deregistration() {
     let exec = v["execution"]["id"].as_str().unwrap().to_owned();
     let t = poll(&s, "w1", &token, 2_000).await.remove(0);
     let id = t["taskId"].as_str().unwrap().to_owned();
-    let (st, _) = s.post(&format!("/maestro/executions/{exec}/cancel"), json!({})).await;
+    let (st, _) = s
+        .post(&format!("/maestro/executions/{exec}/cancel"), json!({}))
+        .await;
     assert_eq!(st, StatusCode::OK);
     assert_eq!(s.wait_terminal(&exec).await["status"], "cancelled");
     let (st, v) = answer(&s, &token, &id, "heartbeat", json!({})).await;
-    assert_eq!((st, v["cancelRequested"].as_bool()), (StatusCode::OK, Some(true)), "{v}");
+    assert_eq!(
+        (st, v["cancelRequested"].as_bool()),
+        (StatusCode::OK, Some(true)),
+        "{v}"
+    );
     let (st, _) = answer(&s, &token, &id, "complete", json!({"outputs": {}})).await;
     assert_eq!(st, StatusCode::CONFLICT);
 
@@ -208,7 +275,10 @@ async fn fail_cancel_and_deregistration() {
     assert_eq!(st, StatusCode::OK);
     let e = s.wait_terminal(&exec).await;
     assert_eq!(e["status"], "failed");
-    assert_eq!(e["stepExecutions"]["s0"]["attempts"][0]["error"]["code"], "AGENT_DEREGISTERED", "{e}");
+    assert_eq!(
+        e["stepExecutions"]["s0"]["attempts"][0]["error"]["code"], "AGENT_DEREGISTERED",
+        "{e}"
+    );
     s.stop().await;
 }
 
@@ -216,7 +286,8 @@ async fn fail_cancel_and_deregistration() {
 async fn queued_tasks_survive_a_restart() {
     let s = Server::start().await;
     let token = poll_agent(&s, "w1", &["work"]).await;
-    s.post("/maestro/workflows", chain("c", Some("w1"), 2, 5_000, 1)).await;
+    s.post("/maestro/workflows", chain("c", Some("w1"), 2, 5_000, 1))
+        .await;
     let (_, v) = s.post("/maestro/workflows/c/execute", json!({})).await;
     let exec = v["execution"]["id"].as_str().unwrap().to_owned();
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -227,13 +298,25 @@ async fn queued_tasks_survive_a_restart() {
     let s = Server::start_in(dir, settings).await;
     for _ in 0..2 {
         let t = poll(&s, "w1", &token, 5_000).await.remove(0);
-        let (st, v) = answer(&s, &token, t["taskId"].as_str().unwrap(), "complete",
-            json!({"outputs": {}})).await;
+        let (st, v) = answer(
+            &s,
+            &token,
+            t["taskId"].as_str().unwrap(),
+            "complete",
+            json!({"outputs": {}}),
+        )
+        .await;
         assert_eq!(st, StatusCode::OK, "{v}");
     }
     let e = s.wait_terminal(&exec).await;
     assert_eq!(e["status"], "completed", "{e}");
-    assert_eq!(e["stepExecutions"]["s0"]["attempts"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        e["stepExecutions"]["s0"]["attempts"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
     s.stop().await;
 }
 
@@ -241,15 +324,25 @@ async fn queued_tasks_survive_a_restart() {
 async fn routing_goes_around_an_offline_agent_and_fails_fast_without_the_capability() {
     let s = Server::start().await;
     // An HTTP agent with the capability, held offline by an operator...
-    s.register_http_agent("down", "http://127.0.0.1:9", &["work"]).await;
-    s.patch("/maestro/agents/down/status", json!({"status": "offline"})).await;
+    s.register_http_agent("down", "http://127.0.0.1:9", &["work"])
+        .await;
+    s.patch("/maestro/agents/down/status", json!({"status": "offline"}))
+        .await;
     // ...and a poll agent with it, online.
     let token = poll_agent(&s, "up", &["work"]).await;
-    s.post("/maestro/workflows", chain("c", None, 1, 5_000, 1)).await;
+    s.post("/maestro/workflows", chain("c", None, 1, 5_000, 1))
+        .await;
     let (_, v) = s.post("/maestro/workflows/c/execute", json!({})).await;
     let exec = v["execution"]["id"].as_str().unwrap().to_owned();
     let t = poll(&s, "up", &token, 2_000).await.remove(0);
-    answer(&s, &token, t["taskId"].as_str().unwrap(), "complete", json!({"outputs": {}})).await;
+    answer(
+        &s,
+        &token,
+        t["taskId"].as_str().unwrap(),
+        "complete",
+        json!({"outputs": {}}),
+    )
+    .await;
     let e = s.wait_terminal(&exec).await;
     assert_eq!(e["status"], "completed");
     assert_eq!(e["stepExecutions"]["s0"]["agentId"], "up");
@@ -258,7 +351,9 @@ async fn routing_goes_around_an_offline_agent_and_fails_fast_without_the_capabil
     let mut wf = chain("d", None, 1, 5_000, 3);
     wf["steps"][0]["capability"] = json!("nobody-does-this");
     s.post("/maestro/workflows", wf).await;
-    let (_, v) = s.post("/maestro/workflows/d/execute?wait=5000", json!({})).await;
+    let (_, v) = s
+        .post("/maestro/workflows/d/execute?wait=5000", json!({}))
+        .await;
     let st = &v["execution"]["stepExecutions"]["s0"];
     assert_eq!(st["error"]["code"], "CAPABILITY_NOT_FOUND", "{v}");
     assert_eq!(st["attempts"].as_array().map(Vec::len), Some(1));

@@ -57,7 +57,10 @@ async fn deliveries_are_signed_in_order_and_retried() {
     let s = Server::start().await;
     let (url, got, calls) = receiver(3).await;
     let (st, v) = s
-        .post("/maestro/subscriptions", json!({"eventTypes": ["agent:event"], "url": url}))
+        .post(
+            "/maestro/subscriptions",
+            json!({"eventTypes": ["agent:event"], "url": url}),
+        )
         .await;
     assert_eq!(st, StatusCode::CREATED, "{v}");
     let secret = v["secret"].as_str().unwrap().to_owned();
@@ -66,17 +69,28 @@ async fn deliveries_are_signed_in_order_and_retried() {
     let mut seqs = Vec::new();
     for i in 0..5 {
         let (_, v) = s
-            .post("/maestro/events", json!({"type": "agent:event", "payload": {"i": i}}))
+            .post(
+                "/maestro/events",
+                json!({"type": "agent:event", "payload": {"i": i}}),
+            )
             .await;
         seqs.push(v["event"]["seq"].as_u64().unwrap());
     }
     // Not subscribed to: not delivered.
-    s.post("/maestro/events", json!({"type": "agent:alert", "payload": {}})).await;
+    s.post(
+        "/maestro/events",
+        json!({"type": "agent:alert", "payload": {}}),
+    )
+    .await;
     wait_for(&got, 5).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     let got = got.lock().unwrap().clone();
     assert_eq!(got.len(), 5, "exactly the subscribed events");
-    assert_eq!(calls.load(Ordering::SeqCst), 8, "the first event took 4 attempts");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        8,
+        "the first event took 4 attempts"
+    );
     for (i, (headers, body)) in got.iter().enumerate() {
         let event: Value = serde_json::from_slice(body).unwrap();
         assert_eq!(event["seq"].as_u64(), Some(seqs[i]), "in order");
@@ -101,7 +115,11 @@ async fn deliveries_are_signed_in_order_and_retried() {
 
     // Deleted: nothing more is delivered.
     s.delete(&format!("/maestro/subscriptions/{sub}")).await;
-    s.post("/maestro/events", json!({"type": "agent:event", "payload": {}})).await;
+    s.post(
+        "/maestro/events",
+        json!({"type": "agent:event", "payload": {}}),
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(calls.load(Ordering::SeqCst), 8);
     s.stop().await;
@@ -110,7 +128,13 @@ async fn deliveries_are_signed_in_order_and_retried() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workflow_events_filtered_by_workflow_with_sensitive_outputs_masked() {
     let s = Server::start().await;
-    let agent = Agent::start(|_| (200, json!({"outputs": {"token": "s3cr3t", "user": "alice"}}))).await;
+    let agent = Agent::start(|_| {
+        (
+            200,
+            json!({"outputs": {"token": "s3cr3t", "user": "alice"}}),
+        )
+    })
+    .await;
     let (st, v) = s
         .post(
             "/maestro/agents",
@@ -120,9 +144,12 @@ async fn workflow_events_filtered_by_workflow_with_sensitive_outputs_masked() {
         .await;
     assert_eq!(st, StatusCode::CREATED, "{v}");
     for id in ["w-a", "w-b"] {
-        s.post("/maestro/workflows", json!({"id": id, "name": id, "steps": [
-            {"id": "issue", "agentId": "bridge-1", "capability": "issue-jwt"}]}))
-            .await;
+        s.post(
+            "/maestro/workflows",
+            json!({"id": id, "name": id, "steps": [
+            {"id": "issue", "agentId": "bridge-1", "capability": "issue-jwt"}]}),
+        )
+        .await;
     }
     let (url, got, _) = receiver(0).await;
     s.post(
@@ -131,11 +158,17 @@ async fn workflow_events_filtered_by_workflow_with_sensitive_outputs_masked() {
                "workflowId": "w-a", "url": url}),
     )
     .await;
-    s.post("/maestro/workflows/w-b/execute?wait=5000", json!({})).await;
-    let (_, v) = s.post("/maestro/workflows/w-a/execute?wait=5000", json!({})).await;
+    s.post("/maestro/workflows/w-b/execute?wait=5000", json!({}))
+        .await;
+    let (_, v) = s
+        .post("/maestro/workflows/w-a/execute?wait=5000", json!({}))
+        .await;
     assert_eq!(v["execution"]["status"], "completed");
     // Admins see the value in the execution; the webhook does not.
-    assert_eq!(v["execution"]["stepExecutions"]["issue"]["outputs"]["token"], "s3cr3t");
+    assert_eq!(
+        v["execution"]["stepExecutions"]["issue"]["outputs"]["token"],
+        "s3cr3t"
+    );
     wait_for(&got, 2).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     let got = got.lock().unwrap().clone();
@@ -152,9 +185,17 @@ async fn workflow_events_filtered_by_workflow_with_sensitive_outputs_masked() {
     let reader = s.token("reader", None).await;
     let id = v["execution"]["id"].as_str().unwrap();
     let (_, r) = s
-        .call(reqwest::Method::GET, &format!("/maestro/executions/{id}"), Some(&reader), None)
+        .call(
+            reqwest::Method::GET,
+            &format!("/maestro/executions/{id}"),
+            Some(&reader),
+            None,
+        )
         .await;
-    assert_eq!(r["execution"]["stepExecutions"]["issue"]["outputs"]["token"], "***");
+    assert_eq!(
+        r["execution"]["stepExecutions"]["issue"]["outputs"]["token"],
+        "***"
+    );
     assert!(!r.to_string().contains("s3cr3t"), "{r}");
     s.stop().await;
 }
@@ -163,11 +204,19 @@ async fn workflow_events_filtered_by_workflow_with_sensitive_outputs_masked() {
 async fn a_refused_destination_is_counted_not_retried() {
     // Listening on loopback allows loopback receivers; an explicit list that
     // does not include them refuses them.
-    let s = Server::start_with(|c| c.server.outbound_allow_list = Some(vec!["10.0.0.0/8".into()])).await;
-    let (url, _got, calls) = receiver(0).await;
-    s.post("/maestro/subscriptions", json!({"eventTypes": ["agent:event"], "url": url}))
+    let s = Server::start_with(|c| c.server.outbound_allow_list = Some(vec!["10.0.0.0/8".into()]))
         .await;
-    s.post("/maestro/events", json!({"type": "agent:event", "payload": {}})).await;
+    let (url, _got, calls) = receiver(0).await;
+    s.post(
+        "/maestro/subscriptions",
+        json!({"eventTypes": ["agent:event"], "url": url}),
+    )
+    .await;
+    s.post(
+        "/maestro/events",
+        json!({"type": "agent:event", "payload": {}}),
+    )
+    .await;
     let mut d = Value::Null;
     for _ in 0..100 {
         let (_, v) = s.get("/maestro/subscriptions").await;
@@ -179,7 +228,10 @@ async fn a_refused_destination_is_counted_not_retried() {
     }
     assert_eq!(d["failed"], 1, "{d}");
     assert_eq!(d["attempts"], 1, "not retried");
-    assert!(d["lastError"].as_str().unwrap().contains("allow-list"), "{d}");
+    assert!(
+        d["lastError"].as_str().unwrap().contains("allow-list"),
+        "{d}"
+    );
     assert_eq!(calls.load(Ordering::SeqCst), 0);
     s.stop().await;
 }
