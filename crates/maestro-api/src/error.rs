@@ -195,6 +195,25 @@ impl IntoResponse for ApiError {
 
 pub type ApiResult<T> = Result<T, ApiError>;
 
+impl From<maestro_engine::tasks::TaskError> for ApiError {
+    fn from(e: maestro_engine::tasks::TaskError) -> Self {
+        use maestro_engine::tasks::TaskError as T;
+        match e {
+            T::NotFound(id) => ApiError::Core(CoreError::not_found("task", id)),
+            T::NotYours(_) => ApiError::Forbidden(e.to_string()),
+            T::LeaseExpired(_) => ApiError::Conflict {
+                code: "LEASE_EXPIRED",
+                message: e.to_string(),
+            },
+            T::Conflict(m) => ApiError::Conflict {
+                code: "INVALID_STATE",
+                message: m,
+            },
+            T::Store(e) => ApiError::Core(e),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -225,25 +244,6 @@ mod tests {
             if status == 500 {
                 assert!(!msg.contains("disk"), "5xx bodies are generic");
             }
-        }
-    }
-}
-
-impl From<maestro_engine::tasks::TaskError> for ApiError {
-    fn from(e: maestro_engine::tasks::TaskError) -> Self {
-        use maestro_engine::tasks::TaskError as T;
-        match e {
-            T::NotFound(id) => ApiError::Core(CoreError::not_found("task", id)),
-            T::NotYours(_) => ApiError::Forbidden(e.to_string()),
-            T::LeaseExpired(_) => ApiError::Conflict {
-                code: "LEASE_EXPIRED",
-                message: e.to_string(),
-            },
-            T::Conflict(m) => ApiError::Conflict {
-                code: "INVALID_STATE",
-                message: m,
-            },
-            T::Store(e) => ApiError::Core(e),
         }
     }
 }

@@ -7,3 +7,8 @@
 
 pub mod agent;
 pub mod client;
+#[cfg(feature = "demo")]
+pub mod demo;
+mod error;
+
+pub use error::Error;

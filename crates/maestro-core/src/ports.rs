@@ -324,6 +324,9 @@ pub struct TaskRecord {
     pub updated_at: Timestamp,
 }
 
+/// Lease length of a task without `timeoutMs` in its body.
+pub const DEFAULT_TASK_LEASE_MS: u64 = 10_000;
+
 /// The durable queue of poll tasks (API.md "Agent protocol", pull transport).
 ///
 /// Life of a task: Queued → Leased → Completed | Failed | Expired, and Queued or
@@ -337,7 +340,9 @@ pub trait TaskStore: Send + Sync {
     /// `Error::AlreadyExists` on a duplicate task id.
     async fn enqueue_task(&self, task: &TaskRecord) -> Result<()>;
     /// Atomically lease up to `max` queued tasks of `agent_id` (oldest first; only the
-    /// given capabilities when not empty): status Leased, lease_expires_at = now + lease_ms.
+    /// given capabilities when not empty): status Leased, lease_expires_at = now + lease_ms,
+    /// or with `lease_ms == 0` now + each task's own `body.timeoutMs` (the attempt
+    /// timeout; [`DEFAULT_TASK_LEASE_MS`] when absent).
     /// Two concurrent callers never get the same task.
     async fn lease_tasks(
         &self,

@@ -33,9 +33,6 @@ use crate::clock::now_ms;
 const SWEEP_EVERY: Duration = Duration::from_millis(100);
 /// Finished tasks are kept this long (answers to repeated `complete` calls, audits).
 const KEEP_FINISHED_MS: u64 = 24 * 3600 * 1000;
-/// Leases are taken for this long, then set to each task's attempt timeout
-/// (one lease call serves tasks with different timeouts).
-const PROVISIONAL_LEASE_MS: u64 = 3600 * 1000;
 /// Longest long poll.
 pub const MAX_WAIT_MS: u64 = 60_000;
 /// Most tasks one poll may lease.
@@ -214,33 +211,18 @@ impl TaskQueue {
             tokio::pin!(notified);
             notified.as_mut().enable();
             let now = now_ms();
-            let mut leased = self
+            // Each lease lasts its task's own attempt timeout (`lease_ms` 0).
+            let leased = self
                 .store
                 .lease_tasks(
                     agent_id,
                     capabilities,
                     max.clamp(1, MAX_TASKS_PER_POLL),
                     now,
-                    PROVISIONAL_LEASE_MS,
+                    0,
                 )
                 .await?;
             if !leased.is_empty() {
-                // The lease lasts each task's own attempt timeout.
-                for t in leased.iter_mut() {
-                    let timeout = t
-                        .body
-                        .get("timeoutMs")
-                        .and_then(Value::as_u64)
-                        .unwrap_or(10_000);
-                    let until = now + timeout.max(1);
-                    if self
-                        .store
-                        .extend_lease(&t.task_id, agent_id, until, now)
-                        .await?
-                    {
-                        t.lease_expires_at = Some(until);
-                    }
-                }
                 return Ok(leased);
             }
             tokio::select! {
@@ -286,7 +268,7 @@ impl TaskQueue {
             .await?
         {
             self.resolve(task_id, answer);
-            return Ok(self.task(task_id).await?);
+            return self.task(task_id).await;
         }
         // Not leased any more: tell the agent why.
         let t = self.task(task_id).await?;

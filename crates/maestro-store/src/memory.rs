@@ -574,6 +574,8 @@ impl State {
     }
 }
 
+use maestro_core::ports::DEFAULT_TASK_LEASE_MS;
+
 #[async_trait]
 impl TaskStore for MemoryStore {
     async fn enqueue_task(&self, task: &TaskRecord) -> Result<()> {
@@ -612,12 +614,19 @@ impl TaskStore for MemoryStore {
             .take(max)
             .map(|t| t.task_id.clone())
             .collect();
-        let until = now.saturating_add(lease_ms);
         let mut leased = Vec::with_capacity(ids.len());
         for id in &ids {
             if let Some(t) = state.tasks.get_mut(id) {
+                let ms = if lease_ms == 0 {
+                    t.body
+                        .get("timeoutMs")
+                        .and_then(serde_json::Value::as_u64)
+                        .unwrap_or(DEFAULT_TASK_LEASE_MS)
+                } else {
+                    lease_ms
+                };
                 t.status = TaskStatus::Leased;
-                t.lease_expires_at = Some(until);
+                t.lease_expires_at = Some(now.saturating_add(ms));
                 t.updated_at = now;
                 leased.push(t.clone());
             }

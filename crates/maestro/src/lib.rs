@@ -2,5 +2,6 @@
 //! and the wiring of `maestro serve` ([`serve`]), so that tests can start the
 //! real server in-process as well as run the binary.
 
+pub mod cli;
 pub mod serve;
 pub mod settings;

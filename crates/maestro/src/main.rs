@@ -1,4 +1,6 @@
-//! `maestro`: the server (`maestro serve`).
+//! `maestro`: the server (`maestro serve`) and the CLI that talks to one
+//! (`agents`, `workflows`, `run`, `executions`, `events`, `tokens`; see
+//! docs/CLI.md).
 
 use std::path::PathBuf;
 
@@ -26,18 +28,21 @@ enum Command {
         /// Directory of the database and admin.token.
         #[arg(long)]
         data_dir: Option<PathBuf>,
-        /// sqlite://<path> (default sqlite://<dataDir>/maestro.db).
+        /// sqlite://PATH (default sqlite://DATA_DIR/maestro.db).
         #[arg(long)]
         database_url: Option<String>,
         /// Config file (default ./maestro.toml when present).
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    #[command(flatten)]
+    Client(maestro_server::cli::Command),
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Client(cmd) => maestro_server::cli::run(cmd),
         Command::Serve {
             listen,
             data_dir,

@@ -417,6 +417,31 @@ pub async fn tasks(store: &dyn Store) {
         Some(TaskStatus::Queued)
     );
 
+    // lease_ms 0: each task's lease is its own attempt timeout (body.timeoutMs),
+    // the default when absent.
+    let mut p1 = task("conf-task-p1", "conf-agent-p", "sign", t0 + 1);
+    p1.body["timeoutMs"] = json!(250);
+    let mut p2 = task("conf-task-p2", "conf-agent-p", "sign", t0 + 2);
+    p2.body
+        .as_object_mut()
+        .expect("object body")
+        .remove("timeoutMs");
+    store.enqueue_task(&p1).await.expect("tasks: enqueue");
+    store.enqueue_task(&p2).await.expect("tasks: enqueue");
+    let got = store
+        .lease_tasks("conf-agent-p", &[], 10, t0 + 700, 0)
+        .await
+        .expect("tasks: lease per task");
+    assert_eq!(ids(&got), vec!["conf-task-p1", "conf-task-p2"]);
+    assert_eq!(
+        got.iter().map(|t| t.lease_expires_at).collect::<Vec<_>>(),
+        vec![
+            Some(t0 + 700 + 250),
+            Some(t0 + 700 + maestro_core::ports::DEFAULT_TASK_LEASE_MS)
+        ],
+        "tasks: lease_ms 0 leases each task for its timeoutMs"
+    );
+
     // Cancelling one task: queued or leased only, once.
     let h = task("conf-task-h", A2, "sign", t0 + 7);
     store.enqueue_task(&h).await.expect("tasks: enqueue");

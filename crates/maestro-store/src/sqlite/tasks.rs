@@ -31,7 +31,9 @@ macro_rules! task_columns {
 macro_rules! lease_sql {
     ($filter:literal) => {
         concat!(
-            "UPDATE tasks SET status = 'leased', lease_expires_at = ?1, updated_at = ?2 \
+            "UPDATE tasks SET status = 'leased', updated_at = ?2, lease_expires_at = \
+             CASE WHEN ?1 = ?2 THEN ?2 + COALESCE(json_extract(body, '$.timeoutMs'), 10000) \
+             ELSE ?1 END \
              WHERE task_id IN (SELECT task_id FROM tasks \
              WHERE agent_id = ?3 AND status = 'queued'",
             $filter,

@@ -3,11 +3,13 @@
 
 mod api;
 mod auth;
+mod cli;
 mod health;
 mod hostile;
 mod openapi;
 mod poll;
 mod process;
+mod sdk;
 mod sse;
 mod support;
 mod webhooks;
