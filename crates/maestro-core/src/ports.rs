@@ -324,6 +324,15 @@ pub struct TaskRecord {
     pub updated_at: Timestamp,
 }
 
+/// One task's answer, for [`TaskStore::finish_tasks`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskFinish {
+    pub task_id: String,
+    /// Completed or Failed.
+    pub status: TaskStatus,
+    pub result: Option<Value>,
+}
+
 /// Lease length of a task without `timeoutMs` in its body.
 pub const DEFAULT_TASK_LEASE_MS: u64 = 10_000;
 
@@ -339,6 +348,20 @@ pub const DEFAULT_TASK_LEASE_MS: u64 = 10_000;
 pub trait TaskStore: Send + Sync {
     /// `Error::AlreadyExists` on a duplicate task id.
     async fn enqueue_task(&self, task: &TaskRecord) -> Result<()>;
+    /// Enqueue several tasks at once (one transaction where the backend has
+    /// them); per task `true` if it was inserted, `false` if a task with its
+    /// id existed already.
+    async fn enqueue_tasks(&self, tasks: &[TaskRecord]) -> Result<Vec<bool>> {
+        let mut out = Vec::with_capacity(tasks.len());
+        for t in tasks {
+            out.push(match self.enqueue_task(t).await {
+                Ok(()) => true,
+                Err(crate::Error::AlreadyExists { .. }) => false,
+                Err(e) => return Err(e),
+            });
+        }
+        Ok(out)
+    }
     /// Atomically lease up to `max` queued tasks of `agent_id` (oldest first; only the
     /// given capabilities when not empty): status Leased, lease_expires_at = now + lease_ms,
     /// or with `lease_ms == 0` now + each task's own `body.timeoutMs` (the attempt
@@ -370,6 +393,18 @@ pub trait TaskStore: Send + Sync {
         result: Option<Value>,
         now: Timestamp,
     ) -> Result<bool>;
+    /// [`finish_task`](Self::finish_task) for several tasks at once (one
+    /// transaction where the backend has them); the answers in order.
+    async fn finish_tasks(&self, finishes: &[TaskFinish], now: Timestamp) -> Result<Vec<bool>> {
+        let mut out = Vec::with_capacity(finishes.len());
+        for f in finishes {
+            out.push(
+                self.finish_task(&f.task_id, f.status, f.result.clone(), now)
+                    .await?,
+            );
+        }
+        Ok(out)
+    }
     /// Every Leased task whose lease ended before `now` becomes Expired; returned.
     async fn expire_leases(&self, now: Timestamp) -> Result<Vec<TaskRecord>>;
     /// A Queued or Leased task becomes Cancelled (its call is no longer wanted);

@@ -20,11 +20,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use maestro_core::model::{RegisteredAgent, Timestamp};
-use maestro_core::ports::{Invocation, InvokeError, Invoker, Store, TaskRecord, TaskStatus};
+use maestro_core::ports::{
+    Invocation, InvokeError, Invoker, Store, TaskFinish, TaskRecord, TaskStatus,
+};
 use maestro_core::step_codes;
 use maestro_core::{Error, Result};
 use serde_json::{Map, Value, json};
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::now_ms;
@@ -73,11 +75,75 @@ struct Shared {
     late: u64,
 }
 
+/// A row change for the writer, with where its answer goes.
+enum Write {
+    Enqueue(TaskRecord, oneshot::Sender<Result<bool>>),
+    Finish(TaskFinish, oneshot::Sender<Result<bool>>),
+}
+
+/// Most row changes the writer puts in one transaction.
+const MAX_BATCH: usize = 512;
+
 /// The durable poll-task queue. Cheap to clone.
 #[derive(Clone)]
 pub struct TaskQueue {
     store: Arc<dyn Store>,
     shared: Arc<Mutex<Shared>>,
+    writes: mpsc::UnboundedSender<Write>,
+}
+
+/// Group commit of task rows: everything that arrived while the previous
+/// transaction ran goes into the next one (one fsync for many tasks).
+async fn writer(store: Arc<dyn Store>, mut rx: mpsc::UnboundedReceiver<Write>) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(w) => batch.push(w),
+                Err(_) => break,
+            }
+        }
+        let mut enqueues = Vec::new();
+        let mut enqueue_replies = Vec::new();
+        let mut finishes = Vec::new();
+        let mut finish_replies = Vec::new();
+        for w in batch {
+            match w {
+                Write::Enqueue(t, r) => {
+                    enqueues.push(t);
+                    enqueue_replies.push(r);
+                }
+                Write::Finish(f, r) => {
+                    finishes.push(f);
+                    finish_replies.push(r);
+                }
+            }
+        }
+        if !enqueues.is_empty() {
+            reply_all(store.enqueue_tasks(&enqueues).await, enqueue_replies);
+        }
+        if !finishes.is_empty() {
+            reply_all(
+                store.finish_tasks(&finishes, now_ms()).await,
+                finish_replies,
+            );
+        }
+    }
+}
+
+fn reply_all(result: Result<Vec<bool>>, replies: Vec<oneshot::Sender<Result<bool>>>) {
+    match result {
+        Ok(v) => {
+            for (r, ok) in replies.into_iter().zip(v) {
+                let _ = r.send(Ok(ok));
+            }
+        }
+        Err(e) => {
+            for r in replies {
+                let _ = r.send(Err(e.clone()));
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for TaskQueue {
@@ -126,11 +192,24 @@ fn lease_expired(task_id: &str) -> InvokeError {
 }
 
 impl TaskQueue {
+    /// A queue over `store`; spawns its writer on the current runtime.
     pub fn new(store: Arc<dyn Store>) -> Self {
+        let (writes, rx) = mpsc::unbounded_channel();
+        tokio::spawn(writer(store.clone(), rx));
         TaskQueue {
             store,
             shared: Arc::default(),
+            writes,
         }
+    }
+
+    async fn write(&self, w: impl FnOnce(oneshot::Sender<Result<bool>>) -> Write) -> Result<bool> {
+        let (tx, rx) = oneshot::channel();
+        self.writes
+            .send(w(tx))
+            .map_err(|_| Error::NotReady("the task queue stopped".into()))?;
+        rx.await
+            .map_err(|_| Error::NotReady("the task queue stopped".into()))?
     }
 
     fn notify(&self, agent_id: &str) -> Arc<Notify> {
@@ -261,14 +340,17 @@ impl TaskQueue {
             Ok(outputs) => (TaskStatus::Completed, json!({"outputs": outputs})),
             Err(e) => (TaskStatus::Failed, json!({"error": e})),
         };
-        let now = now_ms();
-        if self
-            .store
-            .finish_task(task_id, status, Some(result.clone()), now)
-            .await?
-        {
+        let finish = TaskFinish {
+            task_id: task_id.to_owned(),
+            status,
+            result: Some(result.clone()),
+        };
+        if self.write(|tx| Write::Finish(finish, tx)).await? {
             self.resolve(task_id, answer);
-            return self.task(task_id).await;
+            let mut t = t;
+            t.status = status;
+            t.result = Some(result);
+            return Ok(t);
         }
         // Not leased any more: tell the agent why.
         let t = self.task(task_id).await?;
@@ -406,17 +488,18 @@ impl Invoker for TaskQueue {
                 true,
             )
         };
-        match self.store.enqueue_task(&task).await {
-            Ok(()) => {}
+        let task_id = task.task_id.clone();
+        match self.write(|tx| Write::Enqueue(task, tx)).await {
+            Ok(true) => {}
             // Re-sent after a restart: the task exists, maybe finished.
-            Err(Error::AlreadyExists { .. }) => match self.store.get_task(&task.task_id).await {
+            Ok(false) => match self.store.get_task(&task_id).await {
                 Ok(Some(existing)) => {
                     if let Some(answer) = answer_of(&existing) {
                         self.shared
                             .lock()
                             .expect("task queue")
                             .waiters
-                            .remove(&task.task_id);
+                            .remove(&task_id);
                         return answer;
                     }
                 }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use maestro_core::Error;
 use maestro_core::model::Timestamp;
-use maestro_core::ports::{Store, TaskRecord, TaskStatus};
+use maestro_core::ports::{Store, TaskFinish, TaskRecord, TaskStatus};
 use serde_json::json;
 
 use super::fixtures::tricky_json;
@@ -440,6 +440,58 @@ pub async fn tasks(store: &dyn Store) {
             Some(t0 + 700 + maestro_core::ports::DEFAULT_TASK_LEASE_MS)
         ],
         "tasks: lease_ms 0 leases each task for its timeoutMs"
+    );
+
+    // Batches: enqueue_tasks tells inserted from existing; finish_tasks
+    // answers per task, in order.
+    let b1 = task("conf-task-b1", "conf-agent-b", "sign", t0 + 1);
+    let b2 = task("conf-task-b2", "conf-agent-b", "sign", t0 + 2);
+    assert_eq!(
+        store
+            .enqueue_tasks(&[b1.clone(), b2.clone(), b1.clone()])
+            .await
+            .expect("tasks: enqueue batch"),
+        vec![true, true, false],
+        "tasks: a batch inserts new tasks and reports existing ones"
+    );
+    assert_eq!(
+        ids(&store
+            .lease_tasks("conf-agent-b", &[], 1, t0 + 710, 1_000)
+            .await
+            .expect("tasks: lease")),
+        vec!["conf-task-b1"]
+    );
+    let finishes = [
+        TaskFinish {
+            task_id: b1.task_id.clone(),
+            status: TaskStatus::Completed,
+            result: Some(json!({"outputs": {"ok": true}})),
+        },
+        TaskFinish {
+            task_id: b2.task_id.clone(),
+            status: TaskStatus::Completed,
+            result: None,
+        },
+    ];
+    assert_eq!(
+        store
+            .finish_tasks(&finishes, t0 + 720)
+            .await
+            .expect("tasks: finish batch"),
+        vec![true, false],
+        "tasks: only the leased task of a batch is finished"
+    );
+    let got = store
+        .get_task(&b1.task_id)
+        .await
+        .expect("tasks: get")
+        .expect("b1");
+    assert_eq!(got.status, TaskStatus::Completed);
+    assert_eq!(got.result, Some(json!({"outputs": {"ok": true}})));
+    assert_eq!(got.updated_at, t0 + 720);
+    assert_eq!(
+        status_of(store, &b2.task_id).await,
+        Some(TaskStatus::Queued)
     );
 
     // Cancelling one task: queued or leased only, once.

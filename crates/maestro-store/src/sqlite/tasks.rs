@@ -8,7 +8,7 @@
 use async_trait::async_trait;
 use maestro_core::Result;
 use maestro_core::model::Timestamp;
-use maestro_core::ports::{LeaseStore, TaskRecord, TaskStatus, TaskStore};
+use maestro_core::ports::{LeaseStore, TaskFinish, TaskRecord, TaskStatus, TaskStore};
 use serde_json::Value;
 use sqlx::sqlite::SqliteRow;
 use sqlx::{Sqlite, Transaction};
@@ -173,6 +173,68 @@ impl TaskStore for SqliteStore {
         .map_err(db)?;
         tx.commit().await.map_err(db)?;
         Ok(done.rows_affected() > 0)
+    }
+
+    async fn enqueue_tasks(&self, tasks: &[TaskRecord]) -> Result<Vec<bool>> {
+        if tasks.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.write_tx().await?;
+        let mut out = Vec::with_capacity(tasks.len());
+        for task in tasks {
+            let done = sqlx::query(
+                "INSERT INTO tasks (task_id, agent_id, capability, execution_id, step_id, attempt, \
+                 compensation, body, status, lease_expires_at, result, created_at, updated_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13) \
+                 ON CONFLICT (task_id) DO NOTHING",
+            )
+            .bind(&task.task_id)
+            .bind(&task.agent_id)
+            .bind(&task.capability)
+            .bind(&task.execution_id)
+            .bind(&task.step_id)
+            .bind(i64::from(task.attempt))
+            .bind(task.compensation)
+            .bind(to_json(&task.body)?)
+            .bind(task.status.as_str())
+            .bind(task.lease_expires_at.map(int))
+            .bind(write::opt_json(task.result.as_ref())?)
+            .bind(int(task.created_at))
+            .bind(int(task.updated_at))
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+            out.push(done.rows_affected() == 1);
+        }
+        tx.commit().await.map_err(db)?;
+        Ok(out)
+    }
+
+    async fn finish_tasks(&self, finishes: &[TaskFinish], now: Timestamp) -> Result<Vec<bool>> {
+        if finishes.is_empty() {
+            return Ok(Vec::new());
+        }
+        for f in finishes {
+            check_finish_status(f.status)?;
+        }
+        let mut tx = self.write_tx().await?;
+        let mut out = Vec::with_capacity(finishes.len());
+        for f in finishes {
+            let done = sqlx::query(
+                "UPDATE tasks SET status = ?2, result = ?3, updated_at = ?4 \
+                 WHERE task_id = ?1 AND status = 'leased'",
+            )
+            .bind(&f.task_id)
+            .bind(f.status.as_str())
+            .bind(write::opt_json(f.result.as_ref())?)
+            .bind(int(now))
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+            out.push(done.rows_affected() > 0);
+        }
+        tx.commit().await.map_err(db)?;
+        Ok(out)
     }
 
     async fn finish_task(
