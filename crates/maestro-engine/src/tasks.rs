@@ -508,6 +508,8 @@ impl Invoker for TaskQueue {
             },
             Err(e) => return Err(store_error(e)),
         }
+        // Every waiting poller wakes and races for the lease (measured faster
+        // than waking one per task: the winners take up to `max` at once).
         self.notify(&agent.id).notify_waiters();
         rx.await.unwrap_or_else(|_| {
             Err(InvokeError::new(

@@ -76,15 +76,22 @@ async fn pollers(base: String, token: String, n: usize) {
                 let Ok(v) = r.json::<Value>().await else {
                     return;
                 };
-                for t in v["tasks"].as_array().cloned().unwrap_or_default() {
-                    let id = t["taskId"].as_str().unwrap_or_default().to_owned();
-                    let _ = client
-                        .post(format!("{base}/maestro/tasks/{id}/complete"))
-                        .bearer_auth(&token)
-                        .json(&json!({"outputs": {"n": t["inputs"]["n"]}}))
-                        .send()
-                        .await;
-                }
+                // The leased tasks are answered concurrently, as an agent
+                // with a worker per leased task would.
+                let answers = v["tasks"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|t| {
+                        let id = t["taskId"].as_str().unwrap_or_default().to_owned();
+                        client
+                            .post(format!("{base}/maestro/tasks/{id}/complete"))
+                            .bearer_auth(&token)
+                            .json(&json!({"outputs": {"n": t["inputs"]["n"]}}))
+                            .send()
+                    });
+                futures_util::future::join_all(answers).await;
             }
         });
     }
