@@ -99,7 +99,8 @@ pub async fn render(State(state): State<AppState>) -> Result<Response, ApiError>
     metrics::gauge!("maestro_queue_depth").set(ex.queued.load(Relaxed) as f64);
     metrics::gauge!("maestro_executions_active").set(ex.active.load(Relaxed) as f64);
     metrics::counter!("maestro_executor_commits_total").absolute(ex.commits.load(Relaxed));
-    metrics::counter!("maestro_late_results_total").absolute(ex.late_results.load(Relaxed));
+    metrics::counter!("maestro_late_results_total")
+        .absolute(ex.late_results.load(Relaxed) + m.tasks().late_answers());
     metrics::counter!("maestro_eventbus_published_total").absolute(m.bus().published_total());
     metrics::counter!("maestro_eventbus_dropped_total").absolute(m.bus().dropped_total());
     metrics::gauge!("maestro_eventbus_subscribers").set(m.bus().subscription_count() as f64);

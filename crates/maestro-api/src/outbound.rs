@@ -1,5 +1,5 @@
 //! Outbound HTTP: the real [`Outbound`] port, used for `callback` error
-//! handlers (and, later, webhooks), guarded by the `outboundAllowList`.
+//! handlers and webhook deliveries, guarded by the `outboundAllowList`.
 //!
 //! Two pieces:
 //! - [`AllowList`] decides whether an address may be contacted, by host name

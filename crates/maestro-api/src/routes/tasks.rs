@@ -136,6 +136,11 @@ fn wire(t: &TaskRecord) -> Value {
     let mut v = t.body.clone();
     if let Some(o) = v.as_object_mut() {
         o.insert("leaseExpiresAt".into(), json!(t.lease_expires_at));
+        // The attempt is timed by the lease (time in the queue does not
+        // count), so its deadline is the lease's end.
+        if let Some(until) = t.lease_expires_at {
+            o.insert("deadline".into(), json!(until));
+        }
     }
     v
 }

@@ -67,16 +67,18 @@ impl AgentError {
 
     /// The HTTP status a push agent answers with: 400 `INVALID_INPUT` /
     /// `INVALID_REQUEST`, 401 `UNAUTHORIZED`, 404 `UNKNOWN_CAPABILITY`, 409
-    /// `IDEMPOTENCY_KEY_REUSED`, 500 `AGENT_PANIC` / `INVALID_OUTPUT`; any
-    /// other code 503 when retryable, else 422. (The body's `retryable` is
-    /// what Maestro goes by.)
+    /// `IDEMPOTENCY_KEY_REUSED`, 500 a retryable `AGENT_PANIC`; any other
+    /// code 503 when retryable, else 422 (Maestro retries every 5xx and 429,
+    /// and a 4xx only when the body says `retryable: true`).
     pub fn http_status(&self) -> u16 {
         match self.code.as_str() {
             codes::INVALID_INPUT | codes::INVALID_REQUEST => 400,
             codes::UNAUTHORIZED => 401,
             codes::UNKNOWN_CAPABILITY => 404,
             codes::IDEMPOTENCY_KEY_REUSED => 409,
-            codes::AGENT_PANIC | codes::INVALID_OUTPUT => 500,
+            // A 5xx is always retried by Maestro; an error that must not be
+            // retried needs a 4xx.
+            codes::AGENT_PANIC if self.retryable => 500,
             _ if self.retryable => 503,
             _ => 422,
         }
