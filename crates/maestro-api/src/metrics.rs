@@ -77,15 +77,7 @@ pub async fn track(req: Request, next: Next) -> Response {
 pub async fn render(State(state): State<AppState>) -> Result<Response, ApiError> {
     let m = &state.maestro;
     let stats = m.store().execution_stats().await?;
-    for status in [
-        ExecutionStatus::Pending,
-        ExecutionStatus::Running,
-        ExecutionStatus::Paused,
-        ExecutionStatus::Completed,
-        ExecutionStatus::Failed,
-        ExecutionStatus::RolledBack,
-        ExecutionStatus::Cancelled,
-    ] {
+    for status in ExecutionStatus::ALL {
         let n: u64 = stats
             .by_status
             .iter()

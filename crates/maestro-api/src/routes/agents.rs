@@ -96,6 +96,11 @@ async fn register(
     // An operator hold is only set through PATCH .../status.
     agent.status_hold = false;
     let a = s.maestro.register_agent(agent).await?;
+    created_with_token(&s, a).await
+}
+
+/// 201 with a new agent's first token (its secret is shown this once).
+async fn created_with_token(s: &AppState, a: RegisteredAgent) -> ApiResult<Response> {
     let token = s
         .auth
         .create(
@@ -128,21 +133,7 @@ async fn upsert(
     agent.status_hold = false;
     let (created, a) = s.maestro.upsert_agent(agent).await?;
     if created {
-        let token = s
-            .auth
-            .create(
-                Role::Agent,
-                Some(a.id.clone()),
-                format!("agent:{}", a.id),
-                None,
-                now_ms(),
-            )
-            .await?;
-        return Ok((
-            StatusCode::CREATED,
-            axum::Json(json!({"success": true, "agent": a, "agentToken": token.secret})),
-        )
-            .into_response());
+        return created_with_token(&s, a).await;
     }
     Ok(axum::Json(json!({"success": true, "agent": a})).into_response())
 }

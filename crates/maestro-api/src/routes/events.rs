@@ -115,8 +115,13 @@ fn filter(q: &mut Query) -> ApiResult<EventFilter> {
 }
 
 /// `total`: every event matching the filter (`after` included), not only
-/// this page.
-fn listing(events: Vec<ChoreographyEvent>, total: u64) -> Response {
+/// this page. Sensitive outputs are masked for `p`.
+fn listing(s: &AppState, p: &Principal, events: Vec<ChoreographyEvent>, total: u64) -> Response {
+    let idx = redact::index_for(s, p);
+    let events: Vec<ChoreographyEvent> = events
+        .into_iter()
+        .map(|e| redact::event(idx.as_ref(), e))
+        .collect();
     let n = events.len();
     axum::Json(
         json!({"success": true, "count": n, "total": total.max(n as u64),
@@ -135,14 +140,7 @@ async fn history(
     q.finish()?;
     let events = s.maestro.get_event_history(&f, limit).await?;
     let total = s.maestro.store().count_events(&f).await?;
-    let idx = redact::index_for(&s, &p);
-    Ok(listing(
-        events
-            .into_iter()
-            .map(|e| redact::event(idx.as_ref(), e))
-            .collect(),
-        total,
-    ))
+    Ok(listing(&s, &p, events, total))
 }
 
 fn page_limit(q: &mut Query) -> ApiResult<(usize, ())> {
@@ -175,14 +173,7 @@ async fn by_correlation(
             ..Default::default()
         })
         .await?;
-    let idx = redact::index_for(&s, &p);
-    Ok(listing(
-        events
-            .into_iter()
-            .map(|e| redact::event(idx.as_ref(), e))
-            .collect(),
-        total,
-    ))
+    Ok(listing(&s, &p, events, total))
 }
 
 /// `POST /maestro/events`.

@@ -15,7 +15,7 @@ use sqlx::{Sqlite, Transaction};
 
 use super::codec::{get, int, json, opt_json, opt_uint, uint, uint32};
 use super::write::{self, to_json};
-use super::{SqliteStore, db, db_unique};
+use super::{SqliteStore, db};
 use crate::check_finish_status;
 use crate::error::Error;
 
@@ -84,30 +84,12 @@ impl SqliteStore {
 #[async_trait]
 impl TaskStore for SqliteStore {
     async fn enqueue_task(&self, task: &TaskRecord) -> Result<()> {
-        let mut tx = self.write_tx().await?;
-        sqlx::query(
-            "INSERT INTO tasks (task_id, agent_id, capability, execution_id, step_id, attempt, \
-             compensation, body, status, lease_expires_at, result, created_at, updated_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
-        )
-        .bind(&task.task_id)
-        .bind(&task.agent_id)
-        .bind(&task.capability)
-        .bind(&task.execution_id)
-        .bind(&task.step_id)
-        .bind(i64::from(task.attempt))
-        .bind(task.compensation)
-        .bind(to_json(&task.body)?)
-        .bind(task.status.as_str())
-        .bind(task.lease_expires_at.map(int))
-        .bind(write::opt_json(task.result.as_ref())?)
-        .bind(int(task.created_at))
-        .bind(int(task.updated_at))
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| db_unique(e, "task", &task.task_id))?;
-        tx.commit().await.map_err(db)?;
-        Ok(())
+        let inserted = self.enqueue_tasks(std::slice::from_ref(task)).await?;
+        if inserted.first() == Some(&true) {
+            Ok(())
+        } else {
+            Err(maestro_core::Error::already_exists("task", &task.task_id))
+        }
     }
 
     async fn lease_tasks(
