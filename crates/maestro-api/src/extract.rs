@@ -75,6 +75,22 @@ async fn read_body(req: Request, state: &AppState) -> Result<Bytes, ApiError> {
         })
 }
 
+/// Refuse the NUL character (`\u0000`) anywhere in a body: no field of the API
+/// needs it, and text columns of some stores (PostgreSQL) cannot hold it.
+pub(crate) fn check_no_nul(bytes: &[u8]) -> Result<(), ApiError> {
+    let found = bytes
+        .windows(6)
+        .any(|w| w[0] == b'\\' && w[1] == b'u' && w[2..].iter().all(|&b| b == b'0'))
+        || bytes.contains(&0);
+    if found {
+        return Err(ApiError::Validation {
+            message: "the NUL character (\\u0000) is not accepted".into(),
+            field: None,
+        });
+    }
+    Ok(())
+}
+
 /// Refuse nesting deeper than `max` before any parsing: a cheap scan that
 /// skips string contents.
 pub(crate) fn check_json_depth(bytes: &[u8], max: usize) -> Result<(), ApiError> {
@@ -116,6 +132,7 @@ pub(crate) fn parse_json<T: DeserializeOwned>(
     max_depth: usize,
 ) -> Result<T, ApiError> {
     check_json_depth(bytes, max_depth)?;
+    check_no_nul(bytes)?;
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
@@ -232,6 +249,15 @@ impl<S: Send + Sync> FromRequestParts<S> for Query {
                     .collect()
             })
             .unwrap_or_default();
+        if let Some((k, _)) = pairs
+            .iter()
+            .find(|(k, v)| k.contains('\0') || v.contains('\0'))
+        {
+            return Err(ApiError::validation(
+                "a query parameter contains a NUL character",
+                k.replace('\0', ""),
+            ));
+        }
         if pairs.len() > 256 {
             return Err(ApiError::Validation {
                 message: "too many query parameters (at most 256)".into(),
@@ -354,6 +380,13 @@ mod tests {
     use super::*;
 
     #[test]
+    fn nul_is_refused_escaped_or_raw() {
+        assert!(check_no_nul(br#"{"a":"x\u0000y"}"#).is_err());
+        assert!(check_no_nul(b"{\"a\":\"x\0\"}").is_err());
+        assert!(check_no_nul(br#"{"a":"\u0001 and u0000"}"#).is_ok());
+    }
+
+    #[test]
     fn depth_scan_ignores_brackets_in_strings() {
         assert!(check_json_depth(br#"{"a":"[[[[[[[[[["}"#, 2).is_ok());
         assert!(check_json_depth(b"[[[]]]", 2).is_err());
@@ -416,9 +449,9 @@ impl<S: Send + Sync> FromRequestParts<S> for PathId {
             .ok_or_else(|| ApiError::Internal("route without a path parameter".into()))?;
         // axum has percent-decoded it already (and refused invalid UTF-8).
         let decoded = value.to_owned();
-        if decoded.is_empty() || decoded.len() > 256 {
+        if decoded.is_empty() || decoded.len() > 256 || decoded.contains('\0') {
             return Err(ApiError::validation(
-                format!("path parameter {name} must be 1-256 characters"),
+                format!("path parameter {name} must be 1-256 characters, without NUL"),
                 name,
             ));
         }

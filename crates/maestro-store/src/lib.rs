@@ -6,12 +6,16 @@
 //! - [`SqliteStore`] (feature `sqlite`, on by default): the embedded, durable
 //!   default. SQLite in WAL mode with `synchronous=FULL`; one writer connection,
 //!   a pool of read-only connections; the schema lives in `migrations/sqlite`.
+//! - [`PostgresStore`] (feature `postgres`): the same tables on PostgreSQL, one
+//!   pool of connections, event seqs allocated in commit order from a counter row;
+//!   the schema lives in `migrations/postgres`. [`ScratchSchema`] gives tests a
+//!   throwaway schema on a real server.
 //!
-//! Both keep rows per execution, per step and per attempt (DESIGN.md
+//! All keep rows per execution, per step and per attempt (DESIGN.md
 //! "Durability"): a [`Batch`](maestro_core::ports::Batch) upserts exactly the rows
 //! that changed, in one transaction, and gives the batch's events their `seq` in
 //! commit order. [`conformance`] is the suite of checks every backend must pass;
-//! it is compiled into the library so that other crates (a PostgreSQL backend, the
+//! it is compiled into the library so that other crates (backends of their own, the
 //! engine's tests) can run it against their own store.
 //!
 //! Semantics every backend shares, where the port leaves a choice:
@@ -65,15 +69,19 @@
 pub mod conformance;
 mod error;
 mod memory;
+#[cfg(feature = "postgres")]
+mod postgres;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 
 pub use error::{Error, Result};
 pub use memory::MemoryStore;
+#[cfg(feature = "postgres")]
+pub use postgres::{PostgresStore, ScratchSchema};
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStore;
 
-/// `finish_task` moves a task to Completed or Failed only (both backends).
+/// `finish_task` moves a task to Completed or Failed only (every backend).
 pub(crate) fn check_finish_status(
     status: maestro_core::ports::TaskStatus,
 ) -> maestro_core::Result<()> {

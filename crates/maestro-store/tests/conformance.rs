@@ -18,6 +18,71 @@ async fn sqlite(dir: &TempDir) -> SqliteStore {
         .expect("open sqlite store")
 }
 
+/// PostgreSQL: every check on a fresh schema of its own, on the server of
+/// `MAESTRO_TEST_POSTGRES_URL` (default `postgres://postgres@127.0.0.1:5432/test`).
+/// When the server cannot be reached the checks are skipped with a note, unless
+/// `CI=true`: then they fail.
+#[cfg(feature = "postgres")]
+mod pg {
+    use std::future::Future;
+    use std::sync::Arc;
+
+    use maestro_store::{PostgresStore, ScratchSchema};
+
+    pub const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+    /// A fresh schema, or `None` (skip) when the server is unreachable outside CI.
+    pub async fn scratch() -> Option<ScratchSchema> {
+        let url =
+            std::env::var("MAESTRO_TEST_POSTGRES_URL").unwrap_or_else(|_| DEFAULT_URL.to_owned());
+        match ScratchSchema::create(&url).await {
+            Ok(schema) => Some(schema),
+            Err(e) if std::env::var("CI").as_deref() == Ok("true") => {
+                panic!("PostgreSQL at {url} is required in CI: {e}")
+            }
+            Err(e) => {
+                eprintln!("skipped: PostgreSQL at {url} is not reachable ({e})");
+                None
+            }
+        }
+    }
+
+    /// Run `test` with the URL of a fresh schema, then drop the schema (also
+    /// when the test panics; the panic is passed on).
+    pub async fn on_fresh_url<F, Fut>(test: F)
+    where
+        F: FnOnce(String) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let Some(schema) = scratch().await else {
+            return;
+        };
+        let outcome = tokio::spawn(test(schema.url().to_owned())).await;
+        schema.drop().await.expect("drop the scratch schema");
+        if let Err(e) = outcome {
+            std::panic::resume_unwind(e.into_panic());
+        }
+    }
+
+    /// Run `check` on a store over a fresh schema (see [`on_fresh_url`]).
+    pub async fn on_fresh_schema<F, Fut>(check: F)
+    where
+        F: FnOnce(Arc<PostgresStore>) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        on_fresh_url(|url| async move {
+            let store = Arc::new(
+                PostgresStore::connect(&url, 8)
+                    .await
+                    .expect("connect to the scratch schema"),
+            );
+            check(store.clone()).await;
+            store.close().await;
+        })
+        .await;
+    }
+}
+
 macro_rules! checks {
     ($($check:ident),* $(,)?) => {
         mod memory {
@@ -42,6 +107,19 @@ macro_rules! checks {
                 }
             )*
         }
+        #[cfg(feature = "postgres")]
+        mod postgres {
+            use super::*;
+            $(
+                #[tokio::test]
+                async fn $check() {
+                    pg::on_fresh_schema(|store| async move {
+                        conformance::$check(&*store).await;
+                    })
+                    .await;
+                }
+            )*
+        }
     };
 }
 
@@ -60,6 +138,7 @@ checks!(
     event_seqs,
     query_events,
     event_payloads,
+    json_documents,
     tokens,
     subscriptions,
     config,
@@ -84,6 +163,12 @@ async fn sqlite_concurrent_commits_from_threads() {
     store.close().await;
 }
 
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_concurrent_commits_from_threads() {
+    pg::on_fresh_schema(|store| conformance::concurrent_commits_spawned(store)).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn memory_concurrent_leases_from_threads() {
     conformance::concurrent_leases_spawned(Arc::new(MemoryStore::new())).await;
@@ -96,6 +181,12 @@ async fn sqlite_concurrent_leases_from_threads() {
     let store = Arc::new(sqlite(&dir).await);
     conformance::concurrent_leases_spawned(store.clone()).await;
     store.close().await;
+}
+
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_concurrent_leases_from_threads() {
+    pg::on_fresh_schema(|store| conformance::concurrent_leases_spawned(store)).await;
 }
 
 #[cfg(feature = "sqlite")]
@@ -205,6 +296,39 @@ mod durable {
         assert_restart_keeps(&path, &before).await;
     }
 
+    /// PostgreSQL: reconnecting (migrations run again, as a no-op) finds
+    /// everything, and the seq counter continues.
+    #[cfg(feature = "postgres")]
+    #[tokio::test]
+    async fn postgres_keeps_everything_across_a_reconnect() {
+        use maestro_store::PostgresStore;
+        super::pg::on_fresh_url(|url| async move {
+            let store = PostgresStore::connect(&url, 8).await.unwrap();
+            conformance::run_all(&store).await;
+            assert!(
+                store
+                    .acquire_lease("conf-durable-lease", "node-1", 1_000, 10)
+                    .await
+                    .unwrap()
+            );
+            let before = snapshot(&store).await;
+            assert!(before.queued_task.is_some() && before.leased_task.is_some());
+            store.close().await;
+
+            let store = PostgresStore::connect(&url, 2).await.expect("reconnect");
+            let after = snapshot(&store).await;
+            assert_eq!(after, before, "a new pool must find everything");
+            let next = store.append_events(vec![sync_event(1)]).await.unwrap();
+            assert_eq!(
+                next[0].seq,
+                before.last_seq + 1,
+                "the seq counter continues"
+            );
+            store.close().await;
+        })
+        .await;
+    }
+
     #[tokio::test]
     async fn sqlite_keeps_committed_batches_without_a_clean_shutdown() {
         let dir = TempDir::new().unwrap();
@@ -249,15 +373,28 @@ mod durable {
     #[tokio::test]
     #[ignore = "timing, not a check: run with --release --ignored --nocapture"]
     async fn sqlite_commit_timing() {
+        let dir = TempDir::new().unwrap();
+        let store = sqlite(&dir).await;
+        commit_timing(&store).await;
+        store.close().await;
+    }
+
+    /// [`sqlite_commit_timing`] on PostgreSQL (a fresh schema).
+    #[cfg(feature = "postgres")]
+    #[tokio::test]
+    #[ignore = "timing, not a check: run with --release --ignored --nocapture"]
+    async fn postgres_commit_timing() {
+        super::pg::on_fresh_schema(|store| async move { commit_timing(&*store).await }).await;
+    }
+
+    async fn commit_timing(store: &dyn Store) {
         use maestro_core::model::{
             Attempt, EventType, ExecutionContext, ExecutionStatus, NewEvent, StepExecution,
             StepMap, StepStatus, WorkflowExecution,
         };
-        use maestro_core::ports::{AttemptRow, Batch, ExecutionHeader, ExecutionStore, StepRow};
+        use maestro_core::ports::{AttemptRow, Batch, ExecutionHeader, StepRow};
         use std::time::{Duration, Instant};
 
-        let dir = TempDir::new().unwrap();
-        let store = sqlite(&dir).await;
         let header = |id: &str, status| {
             Arc::new(ExecutionHeader {
                 execution: WorkflowExecution {
@@ -385,6 +522,5 @@ mod durable {
             store.append_events(vec![sync_event(i)]).await.unwrap();
         }
         println!("one-event commit (fsync floor): {:?}", t.elapsed() / 100);
-        store.close().await;
     }
 }

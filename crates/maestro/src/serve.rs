@@ -38,19 +38,34 @@ impl std::fmt::Debug for Running {
     }
 }
 
-/// Open the store named by the settings.
+/// Open the store named by the settings: `sqlite://<path>` or, with the
+/// `postgres` feature (on by default), `postgres://...` with a pool of
+/// `databaseMaxConnections` connections.
 pub async fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
     let url = settings.server.database_url();
     if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-        bail!("the PostgreSQL store is not available in this build yet; use sqlite://");
+        return open_postgres(&url, settings.server.database_max_connections).await;
     }
     if !url.starts_with("sqlite:") {
-        bail!("unsupported databaseUrl {url:?} (sqlite://<path>)");
+        bail!("unsupported databaseUrl {url:?} (sqlite://<path> or postgres://...)");
     }
     let store = SqliteStore::open_url(&url)
         .await
         .with_context(|| format!("opening {url}"))?;
     Ok(Arc::new(store))
+}
+
+#[cfg(feature = "postgres")]
+async fn open_postgres(url: &str, max_connections: u32) -> anyhow::Result<Arc<dyn Store>> {
+    let store = maestro_store::PostgresStore::connect(url, max_connections)
+        .await
+        .with_context(|| format!("opening {}", maestro_store::PostgresStore::redact_url(url)))?;
+    Ok(Arc::new(store))
+}
+
+#[cfg(not(feature = "postgres"))]
+async fn open_postgres(_url: &str, _max_connections: u32) -> anyhow::Result<Arc<dyn Store>> {
+    bail!("this build has no PostgreSQL store (feature `postgres`); use sqlite://")
 }
 
 /// Start everything; answers once `/readyz` would answer 200.

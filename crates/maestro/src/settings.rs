@@ -26,8 +26,10 @@ pub struct ServerSettings {
     pub listen: SocketAddr,
     /// Where the SQLite database and `admin.token` live.
     pub data_dir: PathBuf,
-    /// `sqlite://<path>`; default `sqlite://<dataDir>/maestro.db`.
+    /// `sqlite://<path>` or `postgres://...`; default `sqlite://<dataDir>/maestro.db`.
     pub database_url: Option<String>,
+    /// Connections of the PostgreSQL pool (unused with SQLite).
+    pub database_max_connections: u32,
     /// The admin token; when unset one is generated at first start.
     #[serde(skip_serializing)]
     pub admin_token: Option<String>,
@@ -63,6 +65,7 @@ impl Default for ServerSettings {
             listen: "127.0.0.1:7300".parse().expect("literal address"),
             data_dir: PathBuf::from("./maestro-data"),
             database_url: None,
+            database_max_connections: 16,
             admin_token: None,
             log_format: LogFormat::Text,
             max_body_bytes: 1 << 20,
@@ -89,6 +92,10 @@ impl ServerSettings {
 
     fn validate(&self) -> anyhow::Result<()> {
         let positive = [
+            (
+                "databaseMaxConnections",
+                u64::from(self.database_max_connections),
+            ),
             ("maxBodyBytes", self.max_body_bytes as u64),
             ("maxQueuedExecutions", self.max_queued_executions as u64),
             ("maxStepsPerWorkflow", self.max_steps_per_workflow as u64),
@@ -132,6 +139,7 @@ const SERVER_KEYS: &[&str] = &[
     "listen",
     "dataDir",
     "databaseUrl",
+    "databaseMaxConnections",
     "adminToken",
     "logFormat",
     "maxBodyBytes",
@@ -300,6 +308,7 @@ mod tests {
         assert_eq!(s.server.listen.port(), 9000);
         assert_eq!(s.server.data_dir, PathBuf::from("/from/env"));
         assert_eq!(s.server.max_body_bytes, 10);
+        assert_eq!(s.server.database_max_connections, 16);
         assert_eq!(s.runtime.agent_timeout_ms, 1234);
         let flags = Flags {
             config: Some(file),
@@ -313,9 +322,11 @@ mod tests {
                 ("MAESTRO_DATA_DIR", "/from/env"),
                 ("MAESTRO_AGENT_TIMEOUT_MS", "99"),
                 ("MAESTRO_LOG", "debug"),
+                ("MAESTRO_DATABASE_MAX_CONNECTIONS", "4"),
             ]),
         )
         .unwrap();
+        assert_eq!(s.server.database_max_connections, 4);
         assert_eq!(s.server.listen.port(), 0);
         assert_eq!(s.server.data_dir, PathBuf::from("/from/flag"));
         assert_eq!(s.runtime.agent_timeout_ms, 99);
@@ -336,6 +347,8 @@ mod tests {
         std::fs::write(&file, "agentTimeoutMs = 0\n").unwrap();
         assert!(load(&flags, &[]).is_err());
         std::fs::write(&file, "maxBodyBytes = 0\n").unwrap();
+        assert!(load(&flags, &[]).is_err());
+        std::fs::write(&file, "databaseMaxConnections = 0\n").unwrap();
         assert!(load(&flags, &[]).is_err());
         let e = load(
             &Flags {

@@ -176,6 +176,7 @@ const SERVER_SETTINGS: &[&str] = &[
     "listen",
     "dataDir",
     "databaseUrl",
+    "databaseMaxConnections",
     "maxBodyBytes",
     "maxQueuedExecutions",
     "maxStepsPerWorkflow",

@@ -50,6 +50,7 @@ pub async fn run_all(store: &dyn Store) {
     event_seqs(store).await;
     query_events(store).await;
     event_payloads(store).await;
+    json_documents(store).await;
     tokens(store).await;
     subscriptions(store).await;
     config(store).await;
@@ -1499,6 +1500,126 @@ pub async fn event_payloads(store: &dyn Store) {
             "count_events: the number query_events finds for {f:?}"
         );
     }
+}
+
+/// JSON documents come back as written: object keys in their order (the
+/// workspace keeps insertion order, and so do API answers built from stored
+/// rows), and strings with any character, `\u{0}` included (an agent may answer
+/// one; a store that refused it would fail a whole group commit).
+pub async fn json_documents(store: &dyn Store) {
+    let doc = || {
+        json!({
+            "zeta": 1, "alpha": {"y": [3, {"b": 1, "a": 2}], "x": null},
+            "nul": "before\u{0}after", "mid": "\u{1}\u{7f}\u{fffd}", "m": 0.5
+        })
+    };
+    let text = |v: &serde_json::Value| serde_json::to_string(v).expect("json");
+    let map = |v: serde_json::Value| object(v);
+
+    // An execution: variables, step inputs and outputs, its error.
+    let mut e = execution(
+        "conf-json-1",
+        "conf-json-wf",
+        ExecutionStatus::Failed,
+        9_100_000,
+        vec![step(
+            "s",
+            StepStatus::Completed,
+            Some("a"),
+            vec![attempt(1, Some("a"), 9_100_001)],
+        )],
+    );
+    e.context.variables = map(doc());
+    e.step_executions.0[0].inputs = map(doc());
+    e.step_executions.0[0].outputs = Some(map(doc()));
+    e.context.step_outputs = [("s".to_owned(), map(doc()))].into_iter().collect();
+    if let Some(err) = e.error.as_mut() {
+        err.details = Some(doc());
+    }
+    let mut batch = rows_of(&[(&e, &[])]);
+    let mut ev = engine_event(EventType::AgentEvent, "conf-json-1", 8_900);
+    ev.payload = doc();
+    ev.metadata = Some(map(doc()));
+    batch.events = vec![ev];
+    let written = store.commit(batch).await.expect("json_documents: commit");
+    let got = get(store, "conf-json-1", "json_documents").await;
+    assert_eq!(got, e, "json_documents: the execution round trips");
+    for (what, stored) in [
+        ("variables", serde_json::to_value(&got.context.variables)),
+        (
+            "step inputs",
+            serde_json::to_value(&got.step_executions.0[0].inputs),
+        ),
+        (
+            "step outputs",
+            serde_json::to_value(&got.step_executions.0[0].outputs),
+        ),
+        (
+            "error details",
+            serde_json::to_value(got.error.as_ref().map(|x| &x.details)),
+        ),
+    ] {
+        assert_eq!(
+            text(&stored.expect("json")),
+            text(&doc()),
+            "json_documents: {what} keep their keys' order and every character"
+        );
+    }
+
+    // The event log.
+    let read = store
+        .query_events(
+            &EventFilter {
+                after: Some(written[0].seq - 1),
+                correlation_id: Some("conf-json-1".into()),
+                ..Default::default()
+            },
+            EventOrder::Ascending,
+            1,
+        )
+        .await
+        .expect("json_documents: query events");
+    assert_eq!(read, written, "json_documents: the event round trips");
+    assert_eq!(
+        text(&read[0].payload),
+        text(&doc()),
+        "json_documents: event payload"
+    );
+    assert_eq!(
+        text(&serde_json::Value::Object(
+            read[0].metadata.clone().expect("metadata")
+        )),
+        text(&doc()),
+        "json_documents: event metadata"
+    );
+
+    // A poll task's body.
+    let task = maestro_core::ports::TaskRecord {
+        task_id: "conf-json-task".to_owned(),
+        agent_id: "conf-json-agent".to_owned(),
+        capability: "c".to_owned(),
+        execution_id: "conf-json-1".to_owned(),
+        step_id: "s".to_owned(),
+        attempt: 1,
+        compensation: false,
+        body: doc(),
+        status: maestro_core::ports::TaskStatus::Queued,
+        lease_expires_at: None,
+        result: None,
+        created_at: 1,
+        updated_at: 1,
+    };
+    store
+        .enqueue_task(&task)
+        .await
+        .expect("json_documents: enqueue");
+    let got = store
+        .get_task("conf-json-task")
+        .await
+        .expect("json_documents: get task")
+        .expect("the task");
+    assert_eq!(text(&got.body), text(&doc()), "json_documents: task body");
+    // The task stays queued: `tasks` purges the finished tasks of the store.
 }
 
 /// Tokens: insert, duplicates refused, get, list by creation, revoke once.

@@ -7,6 +7,8 @@ mod cli;
 mod health;
 mod hostile;
 mod openapi;
+#[cfg(feature = "postgres")]
+mod pg;
 mod poll;
 mod process;
 mod sdk;

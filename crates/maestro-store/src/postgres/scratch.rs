@@ -1,0 +1,92 @@
+//! [`ScratchSchema`]: a throwaway schema for tests against a real server.
+
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{AssertSqlSafe, ConnectOptions, Connection, Executor, PgConnection};
+
+use crate::error::{Error, Result};
+
+/// A fresh, uniquely named schema on a PostgreSQL server, for tests: a
+/// [`PostgresStore`](super::PostgresStore) opened on [`url`](Self::url) creates
+/// its tables there and sees nothing else. [`drop`](Self::drop) removes the
+/// schema and everything in it.
+///
+/// ```no_run
+/// # async fn demo() -> maestro_store::Result<()> {
+/// use maestro_store::{PostgresStore, ScratchSchema};
+/// let schema = ScratchSchema::create("postgres://postgres@127.0.0.1:5432/test").await?;
+/// let store = PostgresStore::connect(schema.url(), 4).await?;
+/// // ... use the store ...
+/// store.close().await;
+/// schema.drop().await?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct ScratchSchema {
+    server_url: String,
+    name: String,
+    url: String,
+}
+
+impl ScratchSchema {
+    /// Connect to `server_url` (a `postgres://` URL) and create a schema named
+    /// `maestro_test_<pid>_<time>_<n>`. Fails when the server cannot be reached.
+    pub async fn create(server_url: &str) -> Result<Self> {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        let name = format!(
+            "maestro_test_{}_{:x}_{}",
+            std::process::id(),
+            nanos,
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let mut conn = connect(server_url).await?;
+        // `name` is made of [a-z0-9_] only.
+        conn.execute(AssertSqlSafe(format!("CREATE SCHEMA {name}")))
+            .await?;
+        conn.close().await?;
+        let separator = if server_url.contains('?') { '&' } else { '?' };
+        Ok(ScratchSchema {
+            url: format!("{server_url}{separator}options=-csearch_path%3D{name}"),
+            server_url: server_url.to_owned(),
+            name,
+        })
+    }
+
+    /// The server URL with this schema as the search path.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The schema's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Drop the schema and everything in it. Close the stores opened on it first.
+    pub async fn drop(self) -> Result<()> {
+        let mut conn = connect(&self.server_url).await?;
+        conn.execute(AssertSqlSafe(format!(
+            "DROP SCHEMA IF EXISTS {} CASCADE",
+            self.name
+        )))
+        .await?;
+        conn.close().await?;
+        Ok(())
+    }
+}
+
+async fn connect(server_url: &str) -> Result<PgConnection> {
+    let options = PgConnectOptions::from_str(server_url).map_err(|e| Error::InvalidUrl {
+        url: server_url.to_owned(),
+        reason: e.to_string(),
+    })?;
+    Ok(options.connect().await?)
+}
