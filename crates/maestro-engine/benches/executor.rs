@@ -1,7 +1,9 @@
 //! Executor benchmarks on the durable SQLite store (WAL, synchronous=FULL), with
 //! no-op in-process agents unless stated. Prints a table.
 //!
-//! `cargo bench -p maestro-engine --bench executor` (add `-- quick` for a smaller run)
+//! `cargo bench -p maestro-engine --bench executor` (add `-- quick` for a smaller run;
+//! `-- postgres` runs (b) on PostgreSQL instead, in a scratch schema of
+//! `MAESTRO_BENCH_POSTGRES_URL`, default `postgres://postgres@127.0.0.1:5432/test`)
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -23,20 +25,41 @@ struct Dispatch {
     gaps_us: Vec<u64>,
 }
 
+/// `-- postgres`: the PostgreSQL server to bench against.
+fn postgres_url() -> Option<String> {
+    std::env::args().any(|a| a == "postgres").then(|| {
+        std::env::var("MAESTRO_BENCH_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+    })
+}
+
 async fn setup(
     dir: &tempfile::TempDir,
     agent_delay_ms: u64,
     dispatch: Arc<Mutex<Dispatch>>,
 ) -> Maestro {
-    let store = maestro_store::SqliteStore::open(&dir.path().join("bench.db"))
-        .await
-        .unwrap();
+    let store: Arc<dyn maestro_core::ports::Store> = match postgres_url() {
+        Some(url) => {
+            let scratch = maestro_store::ScratchSchema::create(&url).await.unwrap();
+            let store = maestro_store::PostgresStore::connect(scratch.url(), 16)
+                .await
+                .unwrap();
+            // The schema outlives the run; it is named uniquely and holds only bench data.
+            std::mem::forget(scratch);
+            Arc::new(store)
+        }
+        None => Arc::new(
+            maestro_store::SqliteStore::open(&dir.path().join("bench.db"))
+                .await
+                .unwrap(),
+        ),
+    };
     let mut config = MaestroConfig {
         max_concurrent_workflows: 100_000,
         ..Default::default()
     };
     config.default_retry_policy.max_attempts = 1;
-    let mut o = MaestroOptions::new(Arc::new(store));
+    let mut o = MaestroOptions::new(store);
     o.config = config;
     o.health_checker = false;
     o.max_queued_executions = 100_000;
@@ -184,6 +207,7 @@ fn print(rows: &[Row]) {
 async fn main() {
     let quick = std::env::args().any(|a| a == "quick");
     let scale = if quick { 10 } else { 1 };
+    let pg = postgres_url().is_some();
     let mut rows = Vec::new();
 
     // (a) latency: 1000 executions of a 10-step chain, one after another.
@@ -196,6 +220,9 @@ async fn main() {
             "target ≥ 50,000 steps/s, p99 < 5 ms",
         ),
     ] {
+        if pg && in_flight == 1 {
+            continue;
+        }
         let dir = tempfile::tempdir().unwrap();
         let d = Arc::new(Mutex::new(Dispatch::default()));
         let m = setup(&dir, 0, d.clone()).await;
@@ -214,6 +241,11 @@ async fn main() {
             extra: target.into(),
         });
         m.shutdown().await;
+    }
+    if pg {
+        println!("store: PostgreSQL ({})", postgres_url().unwrap_or_default());
+        print(&rows);
+        return;
     }
     // (c) fan-out: 100 parallel steps + a join, 50 executions at once.
     {
