@@ -28,6 +28,7 @@ pub struct Running {
     pub generated_admin_token: Option<String>,
     stop: CancellationToken,
     server: JoinHandle<std::io::Result<()>>,
+    lock: ServerLock,
 }
 
 impl std::fmt::Debug for Running {
@@ -74,6 +75,8 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     std::fs::create_dir_all(&srv.data_dir)
         .with_context(|| format!("creating the data dir {}", srv.data_dir.display()))?;
     let store = open_store(&settings).await?;
+    let node_id = node_id(&srv.data_dir)?;
+    let lock = ServerLock::take(store.clone(), node_id).await?;
 
     let allow = match &srv.outbound_allow_list {
         Some(list) => AllowList::new(list).map_err(anyhow::Error::msg)?,
@@ -139,6 +142,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         Duration::from_millis(srv.drain_timeout_ms),
     ));
     Ok(Running {
+        lock,
         addr,
         state,
         maestro,
@@ -155,9 +159,84 @@ impl Running {
         self.stop.cancel();
         let served = self.server.await;
         self.maestro.shutdown().await;
+        self.lock.release().await;
         match served {
             Ok(r) => r.context("serving"),
             Err(e) => Err(anyhow::anyhow!("server task failed: {e}")),
+        }
+    }
+}
+
+/// This server's node id: made once and kept in `<dataDir>/node.id`, so a
+/// restart on the same data dir is the same node.
+fn node_id(data_dir: &std::path::Path) -> anyhow::Result<String> {
+    let path = data_dir.join("node.id");
+    match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => Ok(id.trim().to_owned()),
+        _ => {
+            let id = format!("node_{}", uuid::Uuid::new_v4().simple());
+            std::fs::write(&path, format!("{id}\n"))
+                .with_context(|| format!("writing {}", path.display()))?;
+            Ok(id)
+        }
+    }
+}
+
+/// One server per database until clustering lands: a second server (another
+/// node id) on the same store would resume and drive the same executions, so
+/// it is refused at start. The claim is a lease row (`maestro:server`) renewed
+/// every [`LOCK_RENEW_MS`]; after a crash it lapses within [`LOCK_TTL_MS`], and
+/// the same node (same data dir) may take it back at once.
+struct ServerLock {
+    store: Arc<dyn Store>,
+    node_id: String,
+    stop: CancellationToken,
+}
+
+/// The lease row that stands for "a server uses this database".
+const SERVER_LOCK: &str = "maestro:server";
+const LOCK_TTL_MS: u64 = 15_000;
+const LOCK_RENEW_MS: u64 = 5_000;
+
+impl ServerLock {
+    async fn take(store: Arc<dyn Store>, node_id: String) -> anyhow::Result<ServerLock> {
+        let now = maestro_engine::clock::now_ms();
+        let mine = store
+            .acquire_lease(SERVER_LOCK, &node_id, now, LOCK_TTL_MS)
+            .await
+            .map_err(|e| anyhow::anyhow!("claiming the database: {e}"))?;
+        if !mine {
+            bail!(
+                "another Maestro server uses this database (its claim lapses {} s after it \
+                 stops); run one server per database",
+                LOCK_TTL_MS / 1000
+            );
+        }
+        let stop = CancellationToken::new();
+        let (s, id, cancel) = (store.clone(), node_id.clone(), stop.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_millis(LOCK_RENEW_MS)) => {}
+                }
+                let now = maestro_engine::clock::now_ms();
+                if let Err(e) = s.acquire_lease(SERVER_LOCK, &id, now, LOCK_TTL_MS).await {
+                    tracing::warn!(error = %e, "renewing the database claim failed");
+                }
+            }
+        });
+        Ok(ServerLock {
+            store,
+            node_id,
+            stop,
+        })
+    }
+
+    async fn release(self) {
+        self.stop.cancel();
+        if let Err(e) = self.store.release_lease(SERVER_LOCK, &self.node_id).await {
+            tracing::warn!(error = %e, "releasing the database claim failed");
         }
     }
 }

@@ -197,3 +197,28 @@ async fn sigterm_drains_and_exits_zero_and_work_resumes() {
     let mut child = p.child;
     assert!(child.wait().unwrap().success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_server_on_the_same_sqlite_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = spawn(dir.path());
+    // Another data dir (another node id), the same database file.
+    let other = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_maestro"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(other.path())
+        .arg("--database-url")
+        .arg(format!(
+            "sqlite://{}",
+            dir.path().join("maestro.db").display()
+        ))
+        .env("MAESTRO_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("another Maestro server"), "{err}");
+    p.signal("-TERM");
+    let mut child = p.child;
+    assert!(child.wait().unwrap().success());
+}
