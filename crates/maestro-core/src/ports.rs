@@ -247,6 +247,12 @@ pub trait SubscriptionStore: Send + Sync {
     async fn insert_subscription(&self, sub: &SubscriptionRecord) -> Result<()>;
     async fn list_subscriptions(&self) -> Result<Vec<SubscriptionRecord>>;
     async fn delete_subscription(&self, id: &str) -> Result<bool>;
+    /// The seq of the last event delivered (or given up on) for the
+    /// subscription; `None` if it does not exist.
+    async fn subscription_cursor(&self, id: &str) -> Result<Option<u64>>;
+    /// Move the cursor forward to `seq` (never back); `false` if the
+    /// subscription does not exist.
+    async fn set_subscription_cursor(&self, id: &str, seq: u64) -> Result<bool>;
 }
 
 #[async_trait]

@@ -62,6 +62,7 @@ pub mod clock;
 pub mod config;
 pub mod eventbus;
 pub mod executor;
+pub mod feed;
 pub mod health;
 pub mod invoker;
 mod maestro;

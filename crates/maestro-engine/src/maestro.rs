@@ -159,13 +159,15 @@ impl Maestro {
         });
         let cancel = CancellationToken::new();
         let webhooks = Webhooks::new(
+            store.clone(),
             bus.clone(),
             registry.clone(),
             opts.outbound.clone(),
             cancel.clone(),
         );
         for sub in store.list_subscriptions().await? {
-            webhooks.start(sub);
+            let cursor = store.subscription_cursor(&sub.id).await?.unwrap_or(0);
+            webhooks.start(sub, cursor);
         }
         let mut services = vec![
             tokio::spawn(executor.run(cancel.clone())),
@@ -639,7 +641,13 @@ impl Maestro {
     /// Store a subscription and start delivering to it.
     pub async fn create_subscription(&self, sub: SubscriptionRecord) -> Result<SubscriptionRecord> {
         self.inner.store.insert_subscription(&sub).await?;
-        self.inner.webhooks.start(sub.clone());
+        // Events from now on (the log may hold older matching ones).
+        let now = self.inner.store.last_seq().await?;
+        self.inner
+            .store
+            .set_subscription_cursor(&sub.id, now)
+            .await?;
+        self.inner.webhooks.start(sub.clone(), now);
         Ok(sub)
     }
 

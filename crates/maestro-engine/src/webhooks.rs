@@ -1,8 +1,10 @@
 //! Webhook subscriptions: matching events POSTed to a URL.
 //!
-//! Each subscription has its own worker fed by an event-bus subscription
-//! whose bounded queue is the backlog ([`BACKLOG`] events; beyond it events
-//! are dropped and counted). The worker delivers in seq order, one at a time,
+//! Each subscription has its own worker reading a [`Feed`]: the event log
+//! after the subscription's durable cursor, then live events from the bus
+//! (a live queue of [`BACKLOG`] events; when a slow receiver lets it
+//! overflow, the worker catches up from the log, so no event is skipped).
+//! The worker delivers in seq order, one at a time,
 //! retrying a failed delivery with exponential backoff (up to [`MAX_ATTEMPTS`]
 //! attempts) before the next event; a destination refused by the outbound
 //! allow-list is not retried. Deliveries go through the same [`Outbound`]
@@ -14,9 +16,11 @@
 //! `X-Maestro-Signature: sha256=<hex HMAC-SHA256 of the body with the
 //! subscription's secret>`.
 //!
-//! Delivery is at least once while the server runs; the backlog lives in
-//! memory, so events published while a server is down or not yet delivered
-//! when it stops are not delivered later.
+//! Delivery is at least once, across restarts too: the seq of the last event
+//! handled is stored as the subscription's cursor (at most every
+//! [`CURSOR_EVERY_MS`] and when the worker stops), and a worker starts after
+//! it. After a crash, events handled since the last stored cursor are
+//! delivered again, with the same `X-Maestro-Delivery`.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,18 +29,22 @@ use std::time::Duration;
 
 use hmac::{Hmac, Mac};
 use maestro_core::model::{ChoreographyEvent, EventFilter};
-use maestro_core::ports::{Outbound, OutboundError, SubscriptionRecord};
+use maestro_core::ports::{Outbound, OutboundError, Store, SubscriptionRecord};
 use serde::Serialize;
 use sha2::Sha256;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::now_ms;
 use crate::eventbus::EventBus;
+use crate::feed::{Feed, Overflow};
 use crate::redact::{self, SensitiveIndex};
 use crate::registry::Registry;
 
-/// Events a subscription may fall behind before new ones are dropped.
+/// Live events a subscription's worker may fall behind before it catches up
+/// from the log.
 pub const BACKLOG: usize = 1000;
+/// The delivery cursor is stored at most this often (and when a worker stops).
+pub const CURSOR_EVERY_MS: u64 = 1000;
 /// Attempts per event (the first included).
 pub const MAX_ATTEMPTS: u32 = 8;
 const FIRST_BACKOFF_MS: u64 = 100;
@@ -51,8 +59,8 @@ pub struct DeliveryStats {
     pub delivered: u64,
     /// Events given up on after their attempts (or refused by the allow-list).
     pub failed: u64,
-    /// Events dropped because the backlog was full.
-    pub dropped: u64,
+    /// Times the live backlog overflowed and the worker caught up from the log.
+    pub catch_ups: u64,
     /// POSTs made, retries included.
     pub attempts: u64,
     /// Seq of the last event delivered.
@@ -69,7 +77,7 @@ struct Counters {
     delivered: AtomicU64,
     failed: AtomicU64,
     attempts: AtomicU64,
-    dropped: AtomicU64,
+    catch_ups: AtomicU64,
     last: Mutex<(Option<u64>, Option<u64>, Option<String>)>,
 }
 
@@ -81,6 +89,7 @@ struct Worker {
 /// The webhook deliverer. Cheap to clone.
 #[derive(Clone)]
 pub struct Webhooks {
+    store: Arc<dyn Store>,
     bus: EventBus,
     registry: Registry,
     outbound: Option<Arc<dyn Outbound>>,
@@ -119,12 +128,14 @@ fn filter_of(sub: &SubscriptionRecord) -> EventFilter {
 
 impl Webhooks {
     pub fn new(
+        store: Arc<dyn Store>,
         bus: EventBus,
         registry: Registry,
         outbound: Option<Arc<dyn Outbound>>,
         stop: CancellationToken,
     ) -> Self {
         Webhooks {
+            store,
             bus,
             registry,
             outbound,
@@ -133,15 +144,23 @@ impl Webhooks {
         }
     }
 
-    /// Start delivering to `sub` (replacing a worker of the same id).
-    pub fn start(&self, sub: SubscriptionRecord) {
+    /// Start delivering to `sub` the events after `cursor` (replacing a
+    /// worker of the same id).
+    pub fn start(&self, sub: SubscriptionRecord, cursor: u64) {
         let Some(outbound) = self.outbound.clone() else {
             tracing::warn!(subscription = %sub.id, "no outbound HTTP configured: webhooks are not delivered");
             return;
         };
         let counters = Arc::new(Counters::default());
         let stop = self.stop.child_token();
-        let stream = self.bus.subscribe(filter_of(&sub), BACKLOG);
+        let mut feed = Feed::new(
+            self.store.clone(),
+            &self.bus,
+            filter_of(&sub),
+            Some(cursor),
+            BACKLOG,
+            Overflow::CatchUp,
+        );
         if let Some(old) = self.workers.lock().expect("webhooks").insert(
             sub.id.clone(),
             Worker {
@@ -152,19 +171,30 @@ impl Webhooks {
             old.stop.cancel();
         }
         let registry = self.registry.clone();
+        let store = self.store.clone();
         tokio::spawn(async move {
-            let mut stream = stream;
-            loop {
-                let event = tokio::select! {
-                    e = stream.recv() => e,
-                    _ = stop.cancelled() => None,
-                };
-                counters.dropped.store(stream.dropped(), Ordering::Relaxed);
-                let Some(event) = event else { return };
+            let mut stored = cursor;
+            let mut stored_at = now_ms();
+            // The last event delivered or given up on.
+            let mut handled = cursor;
+            while let Some(event) = feed.next(&stop).await {
                 let idx = SensitiveIndex::from_registry(&registry);
                 let event = redact::event(idx.as_ref(), event);
                 deliver(&*outbound, &sub, &event, &counters, &stop).await;
+                if stop.is_cancelled() {
+                    // Maybe not handled: delivered again after the restart.
+                    break;
+                }
+                handled = event.seq;
+                counters
+                    .catch_ups
+                    .store(feed.catch_ups(), Ordering::Relaxed);
+                if now_ms().saturating_sub(stored_at) >= CURSOR_EVERY_MS {
+                    stored = store_cursor(&*store, &sub.id, handled, stored).await;
+                    stored_at = now_ms();
+                }
             }
+            store_cursor(&*store, &sub.id, handled, stored).await;
         });
     }
 
@@ -183,12 +213,26 @@ impl Webhooks {
         Some(DeliveryStats {
             delivered: c.delivered.load(Ordering::Relaxed),
             failed: c.failed.load(Ordering::Relaxed),
-            dropped: c.dropped.load(Ordering::Relaxed),
+            catch_ups: c.catch_ups.load(Ordering::Relaxed),
             attempts: c.attempts.load(Ordering::Relaxed),
             last_delivered_seq: last.0,
             last_delivered_at: last.1,
             last_error: last.2,
         })
+    }
+}
+
+/// Store the delivery cursor; answers what is stored now.
+async fn store_cursor(store: &dyn Store, id: &str, seq: u64, stored: u64) -> u64 {
+    if seq <= stored {
+        return stored;
+    }
+    match store.set_subscription_cursor(id, seq).await {
+        Ok(_) => seq,
+        Err(e) => {
+            tracing::warn!(subscription = %id, error = %e, "storing the webhook cursor failed");
+            stored
+        }
     }
 }
 

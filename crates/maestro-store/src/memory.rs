@@ -58,6 +58,7 @@ struct State {
     events: Vec<ChoreographyEvent>,
     tokens: BTreeMap<String, TokenRecord>,
     subscriptions: BTreeMap<String, SubscriptionRecord>,
+    subscription_cursors: BTreeMap<String, u64>,
     config: Option<Value>,
     tasks: BTreeMap<String, TaskRecord>,
     /// execution id → (node id, expires at).
@@ -532,7 +533,27 @@ impl SubscriptionStore for MemoryStore {
     }
 
     async fn delete_subscription(&self, id: &str) -> Result<bool> {
-        Ok(self.lock().subscriptions.remove(id).is_some())
+        let mut state = self.lock();
+        state.subscription_cursors.remove(id);
+        Ok(state.subscriptions.remove(id).is_some())
+    }
+
+    async fn subscription_cursor(&self, id: &str) -> Result<Option<u64>> {
+        let state = self.lock();
+        Ok(state
+            .subscriptions
+            .contains_key(id)
+            .then(|| state.subscription_cursors.get(id).copied().unwrap_or(0)))
+    }
+
+    async fn set_subscription_cursor(&self, id: &str, seq: u64) -> Result<bool> {
+        let mut state = self.lock();
+        if !state.subscriptions.contains_key(id) {
+            return Ok(false);
+        }
+        let c = state.subscription_cursors.entry(id.to_owned()).or_default();
+        *c = (*c).max(seq);
+        Ok(true)
     }
 }
 

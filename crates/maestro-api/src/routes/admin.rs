@@ -109,7 +109,7 @@ pub(crate) fn routes() -> Vec<Route> {
             .doc(
                 "listSubscriptions",
                 "Subscriptions",
-                "Webhook subscriptions, each with its delivery counters (delivered, failed, dropped, attempts, lastError) since the server started",
+                "Webhook subscriptions, each with its delivery counters (delivered, failed, catchUps, attempts, lastError) since the server started",
             )
             .query(&super::PAGE)
             .list("subscriptions", schema::<SubscriptionListed>),
@@ -318,7 +318,7 @@ pub(crate) struct SubscriptionListed {
 pub(crate) struct DeliveryCounters {
     delivered: u64,
     failed: u64,
-    dropped: u64,
+    catch_ups: u64,
     attempts: u64,
     last_delivered_seq: Option<u64>,
     last_delivered_at: Option<u64>,

@@ -18,9 +18,8 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::Stream;
 use maestro_core::model::{ChoreographyEvent, EventFilter, EventType, NewEvent};
-use maestro_core::ports::EventOrder;
 use maestro_engine::clock::now_ms;
-use maestro_engine::eventbus::EventStream;
+use maestro_engine::feed::{Feed, Overflow};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -29,7 +28,7 @@ use super::{Access, Param, Route, get, post, q, schema};
 use crate::auth::Principal;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{Json, PathId, Query};
-use crate::redact::{self, SensitiveIndex};
+use crate::redact;
 use crate::state::AppState;
 
 const FILTERS: [Param; 8] = [
@@ -248,99 +247,11 @@ async fn publish(
         .into_response())
 }
 
-/// Where an SSE connection is.
-enum Phase {
-    /// Reading the persisted log after `after`.
-    Backlog {
-        after: u64,
-    },
-    Live,
-    Done,
-}
-
-struct Streaming {
-    state: AppState,
-    filter: EventFilter,
-    live: EventStream,
-    idx: Option<Arc<SensitiveIndex>>,
-    phase: Phase,
-    pending: std::collections::VecDeque<ChoreographyEvent>,
-    last_sent: u64,
-}
-
 fn sse_event(e: &ChoreographyEvent) -> Event {
     Event::default()
         .id(e.seq.to_string())
         .event(e.event_type.as_str())
         .data(serde_json::to_string(e).unwrap_or_else(|_| "{}".into()))
-}
-
-impl Streaming {
-    /// The next event to send, or `None` to end the stream.
-    async fn next(&mut self) -> Option<Event> {
-        loop {
-            if let Some(e) = self.pending.pop_front() {
-                if e.seq <= self.last_sent {
-                    continue;
-                }
-                self.last_sent = e.seq;
-                let e = redact::event(self.idx.as_deref(), e);
-                return Some(sse_event(&e));
-            }
-            match self.phase {
-                Phase::Done => return None,
-                Phase::Backlog { after } => {
-                    let f = EventFilter {
-                        after: Some(after),
-                        ..self.filter.clone()
-                    };
-                    const PAGE: usize = 500;
-                    match self
-                        .state
-                        .maestro
-                        .store()
-                        .query_events(&f, EventOrder::Ascending, PAGE)
-                        .await
-                    {
-                        Ok(batch) => {
-                            let full = batch.len() == PAGE;
-                            let next_after = batch.last().map(|e| e.seq).unwrap_or(after);
-                            self.pending.extend(batch);
-                            self.phase = if full {
-                                Phase::Backlog { after: next_after }
-                            } else {
-                                Phase::Live
-                            };
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "event stream: reading the log failed");
-                            self.phase = Phase::Done;
-                        }
-                    }
-                }
-                Phase::Live => {
-                    let got = tokio::select! {
-                        e = self.live.recv() => e,
-                        _ = self.state.shutdown.cancelled() => None,
-                    };
-                    if self.live.dropped() > 0 {
-                        // Fell behind: end here; the client resumes from the log
-                        // with Last-Event-ID.
-                        tracing::debug!(
-                            stream = self.live.id(),
-                            "slow event-stream client dropped"
-                        );
-                        self.phase = Phase::Done;
-                        continue;
-                    }
-                    match got {
-                        Some(e) => self.pending.push_back(e),
-                        None => self.phase = Phase::Done,
-                    }
-                }
-            }
-        }
-    }
 }
 
 async fn stream(
@@ -366,24 +277,25 @@ async fn stream(
     if s.is_draining() {
         return Err(ApiError::NotReady("the server is shutting down".into()));
     }
-    // Subscribe before reading the log: nothing falls in between.
-    let live = s.maestro.subscribe(f.clone(), s.opts.sse_queue);
     let idx = redact::index_for(&s, &p).map(Arc::new);
-    let streaming = Streaming {
-        state: s.clone(),
-        filter: f,
-        live,
-        idx,
-        phase: match resume {
-            Some(after) => Phase::Backlog { after },
-            None => Phase::Live,
+    let feed = Feed::new(
+        s.maestro.store().clone(),
+        s.maestro.bus(),
+        f,
+        resume,
+        s.opts.sse_queue,
+        // A client that falls behind is dropped; it resumes from the log.
+        Overflow::End,
+    );
+    let shutdown = s.shutdown.clone();
+    let events = futures_util::stream::unfold(
+        (feed, shutdown, idx),
+        |(mut feed, shutdown, idx)| async move {
+            let e = feed.next(&shutdown).await?;
+            let e = redact::event(idx.as_deref(), e);
+            Some((Ok(sse_event(&e)), (feed, shutdown, idx)))
         },
-        pending: Default::default(),
-        last_sent: resume.unwrap_or(0),
-    };
-    let events = futures_util::stream::unfold(streaming, |mut st| async move {
-        st.next().await.map(|e| (Ok(e), st))
-    });
+    );
     Ok(Sse::new(events).keep_alive(
         KeepAlive::new()
             .interval(Duration::from_millis(s.opts.sse_keepalive_ms))

@@ -1740,9 +1740,54 @@ pub async fn subscriptions(store: &dyn Store) {
         vec![s1.clone(), s2.clone()],
         "subscriptions: listed by creation time, secrets included"
     );
+    // The delivery cursor starts at 0 and only moves forward.
+    let cursor = |id: &str| {
+        let id = id.to_owned();
+        async move { store.subscription_cursor(&id).await.expect("cursor") }
+    };
+    assert_eq!(
+        cursor(&s1.id).await,
+        Some(0),
+        "subscriptions: a new cursor is 0"
+    );
+    assert!(
+        store
+            .set_subscription_cursor(&s1.id, 42)
+            .await
+            .expect("set cursor")
+    );
+    assert!(
+        store
+            .set_subscription_cursor(&s1.id, 7)
+            .await
+            .expect("set cursor")
+    );
+    assert_eq!(
+        cursor(&s1.id).await,
+        Some(42),
+        "subscriptions: the cursor never goes back"
+    );
+    assert_eq!(
+        cursor(&s2.id).await,
+        Some(0),
+        "subscriptions: cursors are per subscription"
+    );
+    assert_eq!(cursor("conf-sub-none").await, None);
+    assert!(
+        !store
+            .set_subscription_cursor("conf-sub-none", 1)
+            .await
+            .expect("set cursor"),
+        "subscriptions: no cursor for an unknown subscription"
+    );
     assert!(
         store.delete_subscription(&s1.id).await.expect("delete"),
         "subscriptions: delete"
+    );
+    assert_eq!(
+        cursor(&s1.id).await,
+        None,
+        "subscriptions: the cursor goes with it"
     );
     assert!(
         !store

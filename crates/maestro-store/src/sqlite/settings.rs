@@ -144,6 +144,27 @@ impl SubscriptionStore for SqliteStore {
             .map_err(db)?;
         Ok(done.rows_affected() > 0)
     }
+    async fn subscription_cursor(&self, id: &str) -> Result<Option<u64>> {
+        let row: Option<i64> =
+            sqlx::query_scalar("SELECT delivered_seq FROM subscriptions WHERE id = ?1")
+                .bind(id)
+                .fetch_optional(&self.reader)
+                .await
+                .map_err(db)?;
+        Ok(row.map(|v| uint(v, "subscription cursor")).transpose()?)
+    }
+
+    async fn set_subscription_cursor(&self, id: &str, seq: u64) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE subscriptions SET delivered_seq = MAX(delivered_seq, ?2) WHERE id = ?1",
+        )
+        .bind(id)
+        .bind(int(seq))
+        .execute(&self.writer)
+        .await
+        .map_err(db)?;
+        Ok(done.rows_affected() > 0)
+    }
 }
 
 #[async_trait]

@@ -235,3 +235,71 @@ async fn a_refused_destination_is_counted_not_retried() {
     assert_eq!(calls.load(Ordering::SeqCst), 0);
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undelivered_events_are_delivered_after_a_restart() {
+    // A receiver that refuses until told otherwise.
+    let got: Received = Arc::default();
+    let open = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (g, o) = (got.clone(), open.clone());
+    let app = Router::new().route(
+        "/hook",
+        post(move |headers: HeaderMap, body: Bytes| {
+            let (g, o) = (g.clone(), o.clone());
+            async move {
+                if !o.load(Ordering::SeqCst) {
+                    return AxStatus::SERVICE_UNAVAILABLE;
+                }
+                g.lock().unwrap().push((headers, body));
+                AxStatus::OK
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+
+    let s = Server::start().await;
+    s.post(
+        "/maestro/subscriptions",
+        json!({"eventTypes": ["agent:event"], "url": url}),
+    )
+    .await;
+    let mut seqs = Vec::new();
+    for i in 0..3 {
+        let (_, v) = s
+            .post(
+                "/maestro/events",
+                json!({"type": "agent:event", "payload": {"i": i}}),
+            )
+            .await;
+        seqs.push(v["event"]["seq"].as_u64().unwrap());
+    }
+    // The worker is retrying the first event when the server stops.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let dir = s.dir.clone();
+    let settings = crate::support::settings(dir.path());
+    s.stop().await;
+
+    open.store(true, Ordering::SeqCst);
+    let s = Server::start_in(dir, settings).await;
+    wait_for(&got, 3).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let delivered: Vec<u64> = got
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, b)| {
+            serde_json::from_slice::<Value>(b).unwrap()["seq"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(
+        delivered, seqs,
+        "every event once, in order, after the restart"
+    );
+    s.stop().await;
+}
