@@ -29,39 +29,14 @@ mod pg {
 
     use maestro_store::{PostgresStore, ScratchSchema};
 
-    pub const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
-
-    /// A fresh schema, or `None` (skip) when the server is unreachable outside CI.
-    pub async fn scratch() -> Option<ScratchSchema> {
-        let url =
-            std::env::var("MAESTRO_TEST_POSTGRES_URL").unwrap_or_else(|_| DEFAULT_URL.to_owned());
-        match ScratchSchema::create(&url).await {
-            Ok(schema) => Some(schema),
-            Err(e) if std::env::var("CI").as_deref() == Ok("true") => {
-                panic!("PostgreSQL at {url} is required in CI: {e}")
-            }
-            Err(e) => {
-                eprintln!("skipped: PostgreSQL at {url} is not reachable ({e})");
-                None
-            }
-        }
-    }
-
-    /// Run `test` with the URL of a fresh schema, then drop the schema (also
-    /// when the test panics; the panic is passed on).
+    /// Run `test` with the URL of a fresh schema (skipped outside CI when
+    /// PostgreSQL is unreachable; see [`ScratchSchema::with_fresh`]).
     pub async fn on_fresh_url<F, Fut>(test: F)
     where
         F: FnOnce(String) -> Fut,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        let Some(schema) = scratch().await else {
-            return;
-        };
-        let outcome = tokio::spawn(test(schema.url().to_owned())).await;
-        schema.drop().await.expect("drop the scratch schema");
-        if let Err(e) = outcome {
-            std::panic::resume_unwind(e.into_panic());
-        }
+        ScratchSchema::with_fresh(test).await;
     }
 
     /// Run `check` on a store over a fresh schema (see [`on_fresh_url`]).

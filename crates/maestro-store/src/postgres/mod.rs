@@ -55,6 +55,7 @@ use sqlx::Transaction;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, Postgres};
 
 use crate::error::{Error, Result};
+use crate::sql::{db, db_unique};
 
 pub use scratch::ScratchSchema;
 
@@ -183,22 +184,6 @@ macro_rules! retry_conflicts {
     }};
 }
 pub(crate) use retry_conflicts;
-
-/// Converts `store::Error` to the port's error: `impl From` lives in `error.rs`,
-/// this names the common case of a raw sqlx error.
-fn db(e: sqlx::Error) -> maestro_core::Error {
-    Error::Database(e).into()
-}
-
-/// A unique-key violation becomes `AlreadyExists`; anything else a store error.
-fn db_unique(e: sqlx::Error, kind: &'static str, id: &str) -> maestro_core::Error {
-    if let sqlx::Error::Database(d) = &e
-        && d.is_unique_violation()
-    {
-        return maestro_core::Error::already_exists(kind, id);
-    }
-    db(e)
-}
 
 #[cfg(test)]
 mod tests {

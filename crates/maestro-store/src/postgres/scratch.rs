@@ -32,7 +32,47 @@ pub struct ScratchSchema {
     url: String,
 }
 
+/// The server tests use unless `MAESTRO_TEST_POSTGRES_URL` names another.
+pub const TEST_SERVER_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+
 impl ScratchSchema {
+    /// For tests: a fresh schema on the test server (`MAESTRO_TEST_POSTGRES_URL`,
+    /// default [`TEST_SERVER_URL`]), or `None` after printing why when the server
+    /// cannot be reached. With `CI=true` an unreachable server panics instead:
+    /// there the PostgreSQL tests must run.
+    pub async fn for_test() -> Option<ScratchSchema> {
+        let url = std::env::var("MAESTRO_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| TEST_SERVER_URL.to_owned());
+        match ScratchSchema::create(&url).await {
+            Ok(schema) => Some(schema),
+            Err(e) if std::env::var("CI").as_deref() == Ok("true") => {
+                panic!("PostgreSQL at {url} is required in CI: {e}")
+            }
+            Err(e) => {
+                eprintln!("skipped: PostgreSQL at {url} is not reachable ({e})");
+                None
+            }
+        }
+    }
+
+    /// For tests: run `test` with the URL of a [`for_test`](Self::for_test)
+    /// schema, then drop the schema, also when the test panics (the panic is
+    /// passed on). Returns at once when `for_test` skips.
+    pub async fn with_fresh<F, Fut>(test: F)
+    where
+        F: FnOnce(String) -> Fut,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let Some(schema) = Self::for_test().await else {
+            return;
+        };
+        let outcome = tokio::spawn(test(schema.url().to_owned())).await;
+        schema.drop().await.expect("drop the scratch schema");
+        if let Err(e) = outcome {
+            std::panic::resume_unwind(e.into_panic());
+        }
+    }
+
     /// Connect to `server_url` (a `postgres://` URL) and create a schema named
     /// `maestro_test_<pid>_<time>_<n>`. Fails when the server cannot be reached.
     pub async fn create(server_url: &str) -> Result<Self> {

@@ -6,28 +6,7 @@ use sqlx::sqlite::SqliteRow;
 
 use crate::error::Error;
 
-/// Timestamps, durations and counters as SQLite integers. Values past `i64::MAX`
-/// (~292 million years in ms) are stored as `i64::MAX`.
-pub(super) fn int(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
-}
-
-pub(super) fn opt_int(v: Option<u64>) -> Option<i64> {
-    v.map(int)
-}
-
-/// A stored integer back as `u64`; a negative value means a damaged row.
-pub(super) fn uint(v: i64, what: &'static str) -> Result<u64, Error> {
-    u64::try_from(v).map_err(|_| Error::corrupt(what, format!("negative integer {v}")))
-}
-
-pub(super) fn opt_uint(v: Option<i64>, what: &'static str) -> Result<Option<u64>, Error> {
-    v.map(|v| uint(v, what)).transpose()
-}
-
-pub(super) fn uint32(v: i64, what: &'static str) -> Result<u32, Error> {
-    u32::try_from(v).map_err(|_| Error::corrupt(what, format!("integer {v} out of range")))
-}
+pub(super) use crate::sql::{int, opt_int, opt_uint, uint, uint32};
 
 pub(super) fn json<T: DeserializeOwned>(text: &str, what: &'static str) -> Result<T, Error> {
     serde_json::from_str(text).map_err(|e| Error::corrupt(what, e))

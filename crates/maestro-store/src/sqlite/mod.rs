@@ -31,6 +31,7 @@ use sqlx::sqlite::{
 };
 
 use crate::error::{Error, Result};
+use crate::sql::{db, db_unique};
 
 /// Connections of the read pool.
 const READ_CONNECTIONS: u32 = 4;
@@ -123,20 +124,4 @@ impl SqliteStore {
         self.reader.close().await;
         self.writer.close().await;
     }
-}
-
-/// Converts `store::Error` to the port's error: `impl From` lives in `error.rs`,
-/// this names the common case of a raw sqlx error.
-fn db(e: sqlx::Error) -> maestro_core::Error {
-    Error::Database(e).into()
-}
-
-/// A unique-key violation becomes `AlreadyExists`; anything else a store error.
-fn db_unique(e: sqlx::Error, kind: &'static str, id: &str) -> maestro_core::Error {
-    if let sqlx::Error::Database(d) = &e
-        && d.is_unique_violation()
-    {
-        return maestro_core::Error::already_exists(kind, id);
-    }
-    db(e)
 }

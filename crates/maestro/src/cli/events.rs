@@ -122,16 +122,49 @@ async fn follow(ctx: &Ctx, filter: EventQuery) -> Result<ExitCode, CliError> {
         limit: None,
         ..filter
     };
+    follow_stream(
+        ctx,
+        &stream_filter,
+        last,
+        |e| {
+            print_event(ctx, e);
+            false
+        },
+        || async { false },
+    )
+    .await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Follow the events of `filter` after `last`, reconnecting whenever the
+/// server ends the stream (a restart, or this client fell behind) and resuming
+/// after the last event seen, so nothing is missed. `on_event` answers `true`
+/// to stop; `finished` is asked after each end of a stream whether to stop.
+/// Gives up after 5 failed connections in a row.
+pub(super) async fn follow_stream<F, D, Fut>(
+    ctx: &Ctx,
+    filter: &EventQuery,
+    mut last: Option<u64>,
+    mut on_event: F,
+    mut finished: D,
+) -> Result<(), CliError>
+where
+    F: FnMut(&ChoreographyEvent) -> bool,
+    D: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
     let mut failures = 0u32;
     loop {
-        match ctx.client.stream_events(&stream_filter, last).await {
+        match ctx.client.stream_events(filter, last).await {
             Ok(mut stream) => {
                 while let Some(item) = stream.next().await {
                     match item {
                         Ok(e) => {
                             failures = 0;
                             last = Some(e.seq);
-                            print_event(ctx, &e);
+                            if on_event(&e) {
+                                return Ok(());
+                            }
                         }
                         Err(Error::Decode(m)) => eprintln!("maestro: skipping an event: {m}"),
                         Err(_) => break,
@@ -146,8 +179,9 @@ async fn follow(ctx: &Ctx, filter: EventQuery) -> Result<ExitCode, CliError> {
                 }
             }
         }
-        // The server ended the stream (restart, or this client fell behind):
-        // reconnect and resume after the last event printed.
+        if finished().await {
+            return Ok(());
+        }
         tokio::time::sleep(Duration::from_millis(200 * u64::from(failures.max(1)))).await;
     }
 }

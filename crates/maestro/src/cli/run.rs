@@ -5,14 +5,13 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Args;
-use futures_util::StreamExt;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use maestro_client::Error;
 use maestro_client::client::{EventQuery, ExecuteOptions};
 use maestro_core::model::{ChoreographyEvent, EventType, ExecutionStatus, WorkflowExecution};
 use serde_json::{Map, Value};
 
 use super::commands::one;
+use super::events::follow_stream;
 use super::output::{self, block, out};
 use super::{CliError, Connection, Ctx, parse_duration};
 
@@ -174,42 +173,20 @@ async fn watch(ctx: &Ctx, id: &str, progress: &Progress) -> Result<(), CliError>
         execution_id: Some(id.to_owned()),
         ..Default::default()
     };
-    let mut last = Some(0);
-    let mut failures = 0u32;
-    loop {
-        match ctx.client.stream_events(&filter, last).await {
-            Ok(mut stream) => {
-                while let Some(item) = stream.next().await {
-                    match item {
-                        Ok(e) => {
-                            failures = 0;
-                            last = Some(e.seq);
-                            progress.event(&e);
-                            if e.event_type.is_terminal() {
-                                return Ok(());
-                            }
-                        }
-                        Err(Error::Decode(_)) => {}
-                        Err(_) => break,
-                    }
-                }
-            }
-            Err(e @ Error::Api { .. }) => return Err(e.into()),
-            Err(e) => {
-                failures += 1;
-                if failures > 5 {
-                    return Err(e.into());
-                }
-            }
-        }
+    follow_stream(
+        ctx,
+        &filter,
+        Some(0),
+        |e| {
+            progress.event(e);
+            e.event_type.is_terminal()
+        },
         // The stream ended early: the execution may have finished anyway.
-        if let Ok(now) = ctx.client.get_execution(id).await
-            && now.status.is_terminal()
-        {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(200 * u64::from(failures.max(1)))).await;
-    }
+        || async {
+            matches!(ctx.client.get_execution(id).await, Ok(now) if now.status.is_terminal())
+        },
+    )
+    .await
 }
 
 /// The lines printed while waiting, and the spinner (on a terminal only).

@@ -1,7 +1,8 @@
 //! The real server on PostgreSQL (`databaseUrl = postgres://...`), on a fresh
 //! schema of the server at `MAESTRO_TEST_POSTGRES_URL` (default
 //! `postgres://postgres@127.0.0.1:5432/test`). When that server cannot be
-//! reached the test is skipped with a note, unless `CI=true`: then it fails.
+//! reached the test is skipped with a note, unless `CI=true`: then it fails
+//! (`ScratchSchema::with_fresh`).
 
 use std::sync::Arc;
 
@@ -10,22 +11,6 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::support::{Agent, Server, auth_flow, settings};
-
-const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
-
-async fn scratch() -> Option<ScratchSchema> {
-    let url = std::env::var("MAESTRO_TEST_POSTGRES_URL").unwrap_or_else(|_| DEFAULT_URL.to_owned());
-    match ScratchSchema::create(&url).await {
-        Ok(schema) => Some(schema),
-        Err(e) if std::env::var("CI").as_deref() == Ok("true") => {
-            panic!("PostgreSQL at {url} is required in CI: {e}")
-        }
-        Err(e) => {
-            eprintln!("skipped: PostgreSQL at {url} is not reachable ({e})");
-            None
-        }
-    }
-}
 
 fn seqs(events: &Value) -> Vec<u64> {
     events["events"]
@@ -141,15 +126,7 @@ async fn workflow_survives_a_restart(url: String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_workflow_runs_on_postgres_and_survives_a_restart() {
-    let Some(schema) = scratch().await else {
-        return;
-    };
-    // In a task of its own, so that the schema is dropped even when it fails.
-    let outcome = tokio::spawn(workflow_survives_a_restart(schema.url().to_owned())).await;
-    schema.drop().await.expect("drop the scratch schema");
-    if let Err(e) = outcome {
-        std::panic::resume_unwind(e.into_panic());
-    }
+    ScratchSchema::with_fresh(workflow_survives_a_restart).await;
 }
 
 /// Two servers (two data dirs, two node ids) on one database: the second is
@@ -177,12 +154,5 @@ async fn one_server_per_database(url: String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_server_on_the_same_database_is_refused() {
-    let Some(schema) = scratch().await else {
-        return;
-    };
-    let outcome = tokio::spawn(one_server_per_database(schema.url().to_owned())).await;
-    schema.drop().await.expect("drop the scratch schema");
-    if let Err(e) = outcome {
-        std::panic::resume_unwind(e.into_panic());
-    }
+    ScratchSchema::with_fresh(one_server_per_database).await;
 }

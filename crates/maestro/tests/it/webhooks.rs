@@ -1,7 +1,7 @@
 //! Webhook subscriptions: signed, in-order deliveries with retries to a real
 //! receiver on loopback, delivery counters, sensitive outputs masked.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -18,14 +18,26 @@ type Received = Arc<Mutex<Vec<(HeaderMap, Bytes)>>>;
 
 /// A receiver that answers 500 to its first `fail_first` requests.
 async fn receiver(fail_first: usize) -> (String, Received, Arc<AtomicUsize>) {
+    gated_receiver(fail_first, Arc::new(AtomicBool::new(true))).await
+}
+
+/// A receiver that answers 503 while `open` is false, then 500 to its first
+/// `fail_first` requests.
+async fn gated_receiver(
+    fail_first: usize,
+    open: Arc<AtomicBool>,
+) -> (String, Received, Arc<AtomicUsize>) {
     let got: Received = Arc::default();
     let calls = Arc::new(AtomicUsize::new(0));
     let (g, c) = (got.clone(), calls.clone());
     let app = Router::new().route(
         "/hook",
         post(move |headers: HeaderMap, body: Bytes| {
-            let (g, c) = (g.clone(), c.clone());
+            let (g, c, o) = (g.clone(), c.clone(), open.clone());
             async move {
+                if !o.load(Ordering::SeqCst) {
+                    return AxStatus::SERVICE_UNAVAILABLE;
+                }
                 if c.fetch_add(1, Ordering::SeqCst) < fail_first {
                     return AxStatus::INTERNAL_SERVER_ERROR;
                 }
@@ -239,27 +251,8 @@ async fn a_refused_destination_is_counted_not_retried() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn undelivered_events_are_delivered_after_a_restart() {
     // A receiver that refuses until told otherwise.
-    let got: Received = Arc::default();
-    let open = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let (g, o) = (got.clone(), open.clone());
-    let app = Router::new().route(
-        "/hook",
-        post(move |headers: HeaderMap, body: Bytes| {
-            let (g, o) = (g.clone(), o.clone());
-            async move {
-                if !o.load(Ordering::SeqCst) {
-                    return AxStatus::SERVICE_UNAVAILABLE;
-                }
-                g.lock().unwrap().push((headers, body));
-                AxStatus::OK
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/hook", listener.local_addr().unwrap());
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
+    let open = Arc::new(AtomicBool::new(false));
+    let (url, got, _) = gated_receiver(0, open.clone()).await;
 
     let s = Server::start().await;
     s.post(
