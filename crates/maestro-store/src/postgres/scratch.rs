@@ -33,11 +33,11 @@ pub struct ScratchSchema {
 }
 
 /// The server tests use unless `MAESTRO_TEST_POSTGRES_URL` names another.
-pub const TEST_SERVER_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+const TEST_SERVER_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 
 impl ScratchSchema {
     /// For tests: a fresh schema on the test server (`MAESTRO_TEST_POSTGRES_URL`,
-    /// default [`TEST_SERVER_URL`]), or `None` after printing why when the server
+    /// default `postgres://postgres@127.0.0.1:5432/test`), or `None` after printing why when the server
     /// cannot be reached. With `CI=true` an unreachable server panics instead:
     /// there the PostgreSQL tests must run.
     pub async fn for_test() -> Option<ScratchSchema> {
