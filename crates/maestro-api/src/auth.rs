@@ -189,6 +189,16 @@ impl Auth {
         Ok(done)
     }
 
+    /// Drop a token from the cache (revoked through another node).
+    pub fn forget(&self, id: &str) {
+        self.cache.write().expect("token cache").remove(id);
+    }
+
+    /// Drop every cached token (cluster signals may have been missed).
+    pub fn forget_all(&self) {
+        self.cache.write().expect("token cache").clear();
+    }
+
     pub async fn list(&self) -> Result<Vec<TokenRecord>, ApiError> {
         Ok(self.store.list_tokens().await?)
     }

@@ -67,6 +67,23 @@ impl std::fmt::Debug for AppState {
 
 impl AppState {
     pub fn new(maestro: Maestro, auth: Auth, opts: ApiOptions) -> Self {
+        if let Some(cluster) = maestro.cluster() {
+            // Tokens revoked through another node stop working here at once.
+            let mut signals = cluster.subscribe();
+            let auth = auth.clone();
+            tokio::spawn(async move {
+                use maestro_engine::cluster::Signal;
+                use tokio::sync::broadcast::error::RecvError;
+                loop {
+                    match signals.recv().await {
+                        Ok(Signal::Token { id }) => auth.forget(&id),
+                        Ok(Signal::Resync) | Err(RecvError::Lagged(_)) => auth.forget_all(),
+                        Ok(_) => {}
+                        Err(RecvError::Closed) => return,
+                    }
+                }
+            });
+        }
         AppState(Arc::new(Inner {
             maestro,
             auth,

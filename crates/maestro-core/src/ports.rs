@@ -33,6 +33,9 @@ pub struct Batch {
     pub attempts: Vec<AttemptRow>,
     pub events: Vec<NewEvent>,
     pub idempotency_keys: Vec<IdempotencyRecord>,
+    /// Cluster mode only ([`ClusterStore`]): the execution leases this commit
+    /// relies on, checks and changes, in the same transaction.
+    pub fence: Option<LeaseFence>,
 }
 
 impl Batch {
@@ -42,8 +45,35 @@ impl Batch {
             && self.attempts.is_empty()
             && self.events.is_empty()
             && self.idempotency_keys.is_empty()
+            && self.fence.as_ref().is_none_or(LeaseFence::is_empty)
     }
 }
+
+/// The lease side of a cluster node's commit (DESIGN.md "Scale-out").
+///
+/// Within the committing transaction, before anything else: every lease of
+/// `held` must belong to `node_id` (each is renewed to `expires_at`), or the
+/// whole commit fails and nothing is written: a node that lost an execution to
+/// another node can never overwrite it. Then the leases of `release` are
+/// dropped (finished executions free their slot in the same commit that
+/// finishes them) and `queued` leases are created for new executions.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LeaseFence {
+    pub node_id: String,
+    pub expires_at: Timestamp,
+    pub held: Vec<String>,
+    pub release: Vec<String>,
+    pub queued: Vec<String>,
+}
+
+impl LeaseFence {
+    pub fn is_empty(&self) -> bool {
+        self.held.is_empty() && self.release.is_empty() && self.queued.is_empty()
+    }
+}
+
+/// The message of the error a commit fails with when its fence does not hold.
+pub const LEASE_LOST: &str = "an execution lease of this node is held by another node";
 
 /// The execution row: a [`WorkflowExecution`] without its step executions, plus
 /// what queries need (the workflow's tags, the queue position).
@@ -442,6 +472,71 @@ pub trait LeaseStore: Send + Sync {
     async fn release_lease(&self, execution_id: &str, node_id: &str) -> Result<bool>;
     /// Execution ids whose lease expired before `now` (oldest first, at most `limit`).
     async fn expired_leases(&self, now: Timestamp, limit: usize) -> Result<Vec<String>>;
+}
+
+/// What several nodes on one database coordinate through (DESIGN.md
+/// "Scale-out"); implemented by the PostgreSQL store only. Execution leases
+/// are either *queued* (a pending execution waiting for a slot on its node)
+/// or *active* (a running or paused execution: one of the cluster's
+/// `maxConcurrentWorkflows` slots). Lease names under `maestro:` (leader
+/// election, the single-server guard) are never execution leases.
+#[async_trait]
+pub trait ClusterStore: Send + Sync {
+    /// Drop every execution lease of `node_id` (a restarted or fenced node),
+    /// so that its executions can be claimed again at once; the number dropped.
+    async fn release_node_leases(&self, node_id: &str) -> Result<u64>;
+    /// Drop the leases of `ids` that `node_id` holds; the number dropped.
+    async fn release_leases(&self, node_id: &str, ids: &[String]) -> Result<u64>;
+    /// Renew every execution lease of `node_id`; the number renewed.
+    async fn renew_node_leases(&self, node_id: &str, now: Timestamp, ttl_ms: u64) -> Result<u64>;
+    /// The execution leases `node_id` holds.
+    async fn node_leases(&self, node_id: &str) -> Result<Vec<String>>;
+    /// Turn queued leases of `node_id` among `ids` into active ones, in the
+    /// order given, while the whole cluster holds fewer than `max_active`
+    /// active leases (serialized cluster-wide); the ids activated.
+    async fn activate_leases(
+        &self,
+        node_id: &str,
+        ids: &[String],
+        max_active: u64,
+        now: Timestamp,
+        ttl_ms: u64,
+    ) -> Result<Vec<String>>;
+    /// Claim, oldest first, up to `limit` unfinished executions that have no
+    /// lease or whose lease lapsed before `now` (`FOR UPDATE SKIP LOCKED`: two
+    /// nodes never claim the same one). An active lease stays active; a new one
+    /// is active unless the execution is still pending. `(id, active)`.
+    async fn claim_orphans(
+        &self,
+        node_id: &str,
+        now: Timestamp,
+        ttl_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<(String, bool)>>;
+    /// Take (or renew) a `maestro:` lease such as the leader's: see
+    /// [`LeaseStore::acquire_lease`].
+    async fn acquire_named_lease(
+        &self,
+        name: &str,
+        node_id: &str,
+        now: Timestamp,
+        ttl_ms: u64,
+    ) -> Result<bool>;
+    /// Give a `maestro:` lease up; `true` if `node_id` held it.
+    async fn release_named_lease(&self, name: &str, node_id: &str) -> Result<bool>;
+    /// Send a signal to every node (this one included).
+    async fn signal(&self, payload: &str) -> Result<()>;
+    /// Start receiving signals.
+    async fn listen(&self) -> Result<Box<dyn SignalListener>>;
+}
+
+/// Signals sent by [`ClusterStore::signal`]. Signals are wake-ups, never the
+/// truth: one can be lost, and a receiver re-reads the store after a gap.
+#[async_trait]
+pub trait SignalListener: Send {
+    /// The next signal's payload; `Ok(None)` when the connection was lost and
+    /// re-established (signals may have been missed meanwhile).
+    async fn recv(&mut self) -> Result<Option<String>>;
 }
 
 /// The whole persistence port.

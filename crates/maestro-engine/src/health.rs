@@ -24,6 +24,7 @@ pub trait HealthProbe: Send + Sync {
     async fn probe(&self, agent: &RegisteredAgent, timeout_ms: u64) -> bool;
 }
 
+#[derive(Clone)]
 pub struct HealthChecker {
     pub registry: Registry,
     pub config: ConfigHandle,

@@ -59,6 +59,7 @@
 
 pub mod catalog;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod eventbus;
 pub mod executor;

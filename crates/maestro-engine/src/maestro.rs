@@ -20,15 +20,16 @@ use tokio_util::sync::CancellationToken;
 
 use crate::catalog::Catalog;
 use crate::clock::now_ms;
+use crate::cluster::{Cluster, ClusterOptions, Signal};
 use crate::config::ConfigHandle;
 use crate::eventbus::{EventBus, EventStream, SubscriptionId};
 use crate::executor::{
-    Control, ExecuteRequest, Executed, Executor, ExecutorHandle, ExecutorOptions,
+    Control, ExecuteRequest, Executed, Executor, ExecutorCluster, ExecutorHandle, ExecutorOptions,
 };
 use crate::health::{HealthChecker, HealthProbe};
 use crate::invoker::{InProcessInvoker, TransportInvoker};
 use crate::registry::Registry;
-use crate::tasks::TaskQueue;
+use crate::tasks::{TaskQueue, TaskSignal};
 use crate::webhooks::{DeliveryStats, Webhooks};
 
 /// How to build a [`Maestro`].
@@ -53,8 +54,10 @@ pub struct MaestroOptions {
     pub max_output_bytes: usize,
     pub drain_timeout_ms: u64,
     pub health_window: HealthWindowConfig,
-    /// Run the health checker (on by default).
+    /// Run the health checker (on by default; in a cluster, on the leader).
     pub health_checker: bool,
+    /// Share the store with other nodes (PostgreSQL): `None` runs alone.
+    pub cluster: Option<ClusterOptions>,
 }
 
 impl MaestroOptions {
@@ -73,6 +76,7 @@ impl MaestroOptions {
             drain_timeout_ms: 10_000,
             health_window: HealthWindowConfig::default(),
             health_checker: true,
+            cluster: None,
         }
     }
 }
@@ -102,6 +106,11 @@ struct Inner {
     webhooks: Webhooks,
     cancel: CancellationToken,
     services: Mutex<Vec<JoinHandle<()>>>,
+    /// The config from files and environment, under the stored patch.
+    base_config: MaestroConfig,
+    cluster: Option<Cluster>,
+    /// Wakes the event tailer (cluster mode).
+    tail_wake: Arc<tokio::sync::Notify>,
 }
 
 /// The orchestrator. Cheap to clone.
@@ -136,6 +145,21 @@ impl Maestro {
         let catalog = Catalog::new(store.clone(), opts.limits);
         let inprocess = opts.in_process.clone();
         let tasks = TaskQueue::new(store.clone());
+        let cluster = opts.cluster.as_ref().map(Cluster::new);
+        let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
+        if let Some(c) = &cluster {
+            let c1 = c.clone();
+            registry.set_change_hook(Arc::new(move |id: &str, record: bool| {
+                c1.agent_changed(id, record)
+            }));
+            let c2 = c.clone();
+            tasks.set_hook(Arc::new(move |s| {
+                c2.send(match s {
+                    TaskSignal::Queued(agent) => Signal::TaskQueued { agent },
+                    TaskSignal::Done(id) => Signal::TaskDone { id },
+                })
+            }));
+        }
         let invoker = TransportInvoker {
             inprocess: Some(Arc::new(inprocess.clone())),
             http: opts.http_invoker.clone(),
@@ -156,6 +180,12 @@ impl Maestro {
             max_queued: opts.max_queued_executions,
             max_output_bytes: opts.max_output_bytes,
             drain_timeout_ms: opts.drain_timeout_ms,
+            cluster: opts.cluster.as_ref().map(|c| ExecutorCluster {
+                store: c.store.clone(),
+                node_id: c.node_id.clone(),
+                lease_ttl_ms: c.lease_ttl_ms,
+                events: events_tx,
+            }),
         });
         let cancel = CancellationToken::new();
         let webhooks = Webhooks::new(
@@ -165,22 +195,46 @@ impl Maestro {
             opts.outbound.clone(),
             cancel.clone(),
         );
-        for sub in store.list_subscriptions().await? {
-            let cursor = store.subscription_cursor(&sub.id).await?.unwrap_or(0);
-            webhooks.start(sub, cursor);
+        if cluster.is_none() {
+            webhooks.sync().await?;
         }
+        let tail_wake = Arc::new(tokio::sync::Notify::new());
         let mut services = vec![
             tokio::spawn(executor.run(cancel.clone())),
             tokio::spawn(tasks.clone().run(cancel.clone())),
         ];
-        if opts.health_checker {
-            let hc = HealthChecker {
-                registry: registry.clone(),
-                config: config.clone(),
-                executor: handle.clone(),
-                probe: opts.health_probe.clone(),
-            };
-            services.push(tokio::spawn(hc.run(cancel.clone())));
+        let health_checker = opts.health_checker.then(|| HealthChecker {
+            registry: registry.clone(),
+            config: config.clone(),
+            executor: handle.clone(),
+            probe: opts.health_probe.clone(),
+        });
+        match &cluster {
+            None => {
+                if let Some(hc) = health_checker {
+                    services.push(tokio::spawn(hc.run(cancel.clone())));
+                }
+            }
+            Some(c) => {
+                services.push(tokio::spawn(crate::cluster::tailer(
+                    store.clone(),
+                    bus.clone(),
+                    c.clone(),
+                    events_rx,
+                    tail_wake.clone(),
+                    cancel.clone(),
+                )));
+                services.push(tokio::spawn(crate::cluster::events_signaller(
+                    c.clone(),
+                    cancel.clone(),
+                )));
+                let on_change = leadership(webhooks.clone(), health_checker, cancel.clone());
+                services.push(tokio::spawn(crate::cluster::leader_loop(
+                    c.clone(),
+                    on_change,
+                    cancel.clone(),
+                )));
+            }
         }
         // Wait until recovery is done (or failed).
         while !handle
@@ -199,7 +253,7 @@ impl Maestro {
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
-        Ok(Maestro {
+        let m = Maestro {
             inner: Arc::new(Inner {
                 store,
                 registry,
@@ -212,8 +266,154 @@ impl Maestro {
                 webhooks,
                 cancel,
                 services: Mutex::new(services),
+                base_config: opts.config.clone(),
+                cluster,
+                tail_wake,
             }),
-        })
+        };
+        if let Some(c) = &m.inner.cluster {
+            let _ = c;
+            let pump = tokio::spawn(m.clone().pump(m.inner.cancel.clone()));
+            m.inner.services.lock().expect("services lock").push(pump);
+        }
+        Ok(m)
+    }
+
+    /// This node's cluster handle (cluster mode).
+    pub fn cluster(&self) -> Option<&Cluster> {
+        self.inner.cluster.as_ref()
+    }
+
+    /// Receive the other nodes' signals and act on them; after a lost
+    /// connection (signals may have been missed) re-read what they stand for.
+    async fn pump(self, cancel: CancellationToken) {
+        let Some(cluster) = self.inner.cluster.clone() else {
+            return;
+        };
+        let mut first = true;
+        'connect: loop {
+            let mut listener = match cluster.store().listen().await {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cluster signals: cannot listen; trying again");
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => continue 'connect,
+                    }
+                }
+            };
+            if !first {
+                self.on_signal(Signal::Resync).await;
+            }
+            first = false;
+            loop {
+                let next = tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    n = listener.recv() => n,
+                };
+                match next {
+                    Ok(Some(payload)) => {
+                        if let Some(s) = cluster.decode(&payload) {
+                            self.on_signal(s).await;
+                        }
+                    }
+                    Ok(None) => self.on_signal(Signal::Resync).await,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cluster signals: connection lost; listening again");
+                        continue 'connect;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn on_signal(&self, s: Signal) {
+        let inner = &self.inner;
+        let Some(cluster) = inner.cluster.as_ref() else {
+            return;
+        };
+        match s {
+            Signal::Events { .. } => inner.tail_wake.notify_one(),
+            Signal::Agent { id } => {
+                if let Err(e) = inner.registry.refresh(&id).await {
+                    tracing::warn!(error = %e, agent = %id, "refreshing an agent failed");
+                }
+            }
+            Signal::Config => self.reload_config().await,
+            Signal::Token { .. } => cluster.tell_local(s),
+            Signal::Subscriptions => {
+                if cluster.is_leader()
+                    && let Err(e) = inner.webhooks.sync().await
+                {
+                    tracing::warn!(error = %e, "webhook subscriptions: sync failed");
+                }
+            }
+            Signal::TaskQueued { agent } => inner.tasks.wake_agent(&agent),
+            Signal::TaskDone { id } => inner.tasks.remote_done(&id).await,
+            Signal::Control {
+                rid,
+                execution,
+                op,
+                reason,
+            } => {
+                let control = match op.as_str() {
+                    "cancel" => Control::Cancel(reason),
+                    "pause" => Control::Pause,
+                    "resume" => Control::Resume,
+                    _ => return,
+                };
+                let executor = inner.executor.clone();
+                let cluster = cluster.clone();
+                tokio::spawn(async move {
+                    match executor.control(&execution, control).await {
+                        // Not running here: another node answers.
+                        Err(Error::NotFound { .. }) => {}
+                        Ok(_) => cluster.send(Signal::ControlDone { rid, error: None }),
+                        Err(e) => cluster.send(Signal::ControlDone {
+                            rid,
+                            error: Some(e.to_string()),
+                        }),
+                    }
+                });
+            }
+            Signal::ControlDone { rid, error } => cluster.control_done(&rid, error),
+            Signal::Resync => {
+                inner.tail_wake.notify_one();
+                if let Err(e) = inner.registry.refresh_all().await {
+                    tracing::warn!(error = %e, "re-reading agents failed");
+                }
+                self.reload_config().await;
+                inner.tasks.recheck_waiters().await;
+                if cluster.is_leader()
+                    && let Err(e) = inner.webhooks.sync().await
+                {
+                    tracing::warn!(error = %e, "webhook subscriptions: sync failed");
+                }
+                cluster.tell_local(Signal::Resync);
+            }
+        }
+    }
+
+    /// Apply the stored runtime config (changed through another node).
+    async fn reload_config(&self) {
+        let inner = &self.inner;
+        let stored = match inner.store.load_config().await {
+            Ok(Some(v)) => v,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "re-reading the config failed");
+                return;
+            }
+        };
+        match inner.base_config.patched(&stored) {
+            Ok(next) => {
+                inner
+                    .bus
+                    .set_buffer_size(next.event_bus_buffer_size as usize);
+                inner.config.set(next);
+            }
+            Err(e) => tracing::warn!(error = %e, "ignoring an invalid stored config"),
+        }
     }
 
     /// `shutdown`: stop taking work, let calls in flight finish (up to the drain
@@ -530,8 +730,31 @@ impl Maestro {
         id: &str,
         timeout: Duration,
     ) -> Result<Option<WorkflowExecution>> {
+        let deadline = tokio::time::Instant::now() + timeout;
         let _ = tokio::time::timeout(timeout, self.inner.executor.wait_finished(id)).await;
-        self.get_execution(id).await
+        if self.inner.cluster.is_none() {
+            return self.get_execution(id).await;
+        }
+        // Cluster mode: it may run on another node; its terminal event comes
+        // through the bus.
+        let mut events = self.inner.bus.subscribe(
+            EventFilter {
+                execution_id: Some(id.to_owned()),
+                ..Default::default()
+            },
+            64,
+        );
+        loop {
+            let e = self.get_execution(id).await?;
+            match &e {
+                Some(x) if !x.status.is_terminal() => {}
+                _ => return Ok(e),
+            }
+            tokio::select! {
+                _ = events.recv() => {}
+                _ = tokio::time::sleep_until(deadline) => return self.get_execution(id).await,
+            }
+        }
     }
 
     /// `getExecution`: the committed state.
@@ -545,8 +768,11 @@ impl Maestro {
     }
 
     async fn control(&self, id: &str, op: Control) -> Result<WorkflowExecution> {
-        match self.inner.executor.control(id, op).await {
+        match self.inner.executor.control(id, op.clone()).await {
             Err(Error::NotFound { .. }) => match self.get_execution(id).await? {
+                Some(e) if !e.status.is_terminal() && self.inner.cluster.is_some() => {
+                    self.forward_control(id, op).await
+                }
                 Some(e) => Err(Error::InvalidState(format!(
                     "execution {id} already finished ({})",
                     e.status.as_str()
@@ -554,6 +780,29 @@ impl Maestro {
                 None => Err(Error::not_found("execution", id)),
             },
             r => r,
+        }
+    }
+
+    /// Cluster mode: the execution runs on another node; ask it.
+    async fn forward_control(&self, id: &str, op: Control) -> Result<WorkflowExecution> {
+        let cluster = self.inner.cluster.as_ref().expect("cluster mode");
+        let (name, reason) = match op {
+            Control::Cancel(r) => ("cancel", r),
+            Control::Pause => ("pause", None),
+            Control::Resume => ("resume", None),
+        };
+        match cluster
+            .control(id, name, reason, Duration::from_millis(CONTROL_WAIT_MS))
+            .await
+        {
+            Ok(None) => self
+                .get_execution(id)
+                .await?
+                .ok_or_else(|| Error::not_found("execution", id)),
+            Ok(Some(refused)) => Err(Error::InvalidState(refused)),
+            Err(()) => Err(Error::NotReady(format!(
+                "the node running execution {id} did not answer (it may be failing over); try again"
+            ))),
         }
     }
 
@@ -647,7 +896,16 @@ impl Maestro {
             .store
             .set_subscription_cursor(&sub.id, now)
             .await?;
-        self.inner.webhooks.start(sub.clone(), now);
+        match &self.inner.cluster {
+            // The leader delivers; it may be another node.
+            Some(c) => {
+                if c.is_leader() {
+                    self.inner.webhooks.start(sub.clone(), now);
+                }
+                c.send(Signal::Subscriptions);
+            }
+            None => self.inner.webhooks.start(sub.clone(), now),
+        }
         Ok(sub)
     }
 
@@ -657,6 +915,9 @@ impl Maestro {
             return Err(Error::not_found("subscription", id));
         }
         self.inner.webhooks.stop(id);
+        if let Some(c) = &self.inner.cluster {
+            c.send(Signal::Subscriptions);
+        }
         Ok(())
     }
 
@@ -738,7 +999,45 @@ impl Maestro {
             .bus
             .set_buffer_size(next.event_bus_buffer_size as usize);
         self.inner.config.set(next.clone());
+        if let Some(c) = &self.inner.cluster {
+            c.send(Signal::Config);
+        }
         Ok(next)
+    }
+}
+
+/// How long a control request forwarded to another node waits for its answer.
+const CONTROL_WAIT_MS: u64 = 5_000;
+
+/// Cluster mode: what becoming (or ceasing to be) the leader starts (stops):
+/// webhook delivery and the health checker.
+fn leadership(
+    webhooks: Webhooks,
+    health_checker: Option<HealthChecker>,
+    cancel: CancellationToken,
+) -> impl Fn(bool) + Send + 'static {
+    let running: Mutex<Option<CancellationToken>> = Mutex::new(None);
+    let health_checker = health_checker.map(Arc::new);
+    move |leader| {
+        let mut running = running.lock().expect("leadership");
+        if let Some(token) = running.take() {
+            token.cancel();
+        }
+        if !leader {
+            webhooks.stop_all();
+            return;
+        }
+        let token = cancel.child_token();
+        if let Some(hc) = &health_checker {
+            tokio::spawn(hc.as_ref().clone().run(token.clone()));
+        }
+        let w = webhooks.clone();
+        tokio::spawn(async move {
+            if let Err(e) = w.sync().await {
+                tracing::warn!(error = %e, "webhook subscriptions: sync failed");
+            }
+        });
+        *running = Some(token);
     }
 }
 

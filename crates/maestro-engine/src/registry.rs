@@ -10,11 +10,16 @@ use maestro_core::registry::{AgentRegistry, HealthWindowConfig};
 use maestro_core::{Error, Result};
 use tokio::sync::Notify;
 
+/// Told the id of every agent whose stored record changed (`true`) or whose
+/// heartbeat moved (`false`); cluster mode signals the other nodes.
+pub type ChangeHook = Arc<dyn Fn(&str, bool) + Send + Sync>;
+
 #[derive(Clone)]
 pub struct Registry {
     inner: Arc<RwLock<AgentRegistry>>,
     store: Arc<dyn Store>,
     changed: Arc<Notify>,
+    hook: Arc<std::sync::OnceLock<ChangeHook>>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -39,7 +44,52 @@ impl Registry {
             inner: Arc::new(RwLock::new(reg)),
             store,
             changed: Arc::new(Notify::new()),
+            hook: Arc::default(),
         })
+    }
+
+    /// Set the hook told about changes (once).
+    pub fn set_change_hook(&self, hook: ChangeHook) {
+        let _ = self.hook.set(hook);
+    }
+
+    fn changed_in_store(&self, id: &str, record: bool) {
+        if let Some(h) = self.hook.get() {
+            h(id, record);
+        }
+    }
+
+    /// Re-read one agent from the store (changed through another node).
+    pub async fn refresh(&self, id: &str) -> Result<()> {
+        match self.store.get_agent(id).await? {
+            Some(a) => self.write_and_notify(|r| r.replace_agent(a))?,
+            None => {
+                self.write_and_notify(|r| r.deregister_agent(id));
+            }
+        }
+        Ok(())
+    }
+
+    /// Re-read every agent from the store (after signals may have been missed).
+    pub async fn refresh_all(&self) -> Result<()> {
+        let stored = self.store.list_agents().await?;
+        let ids: std::collections::HashSet<String> = stored.iter().map(|a| a.id.clone()).collect();
+        self.write_and_notify(|r| {
+            let gone: Vec<String> = r
+                .agents()
+                .map(|a| a.id.clone())
+                .filter(|id| !ids.contains(id))
+                .collect();
+            for id in gone {
+                r.deregister_agent(&id);
+            }
+            for a in stored {
+                if let Err(e) = r.replace_agent(a) {
+                    tracing::warn!(error = %e, "skipping an invalid stored agent");
+                }
+            }
+        });
+        Ok(())
     }
 
     pub fn read<R>(&self, f: impl FnOnce(&AgentRegistry) -> R) -> R {
@@ -84,6 +134,7 @@ impl Registry {
             self.write(|r| r.deregister_agent(&stored.id));
             return Err(e);
         }
+        self.changed_in_store(&stored.id, true);
         Ok(stored)
     }
 
@@ -107,6 +158,7 @@ impl Registry {
             });
             return Err(e);
         }
+        self.changed_in_store(&stored.id, true);
         Ok((created, stored))
     }
 
@@ -114,19 +166,23 @@ impl Registry {
         if !self.store.delete_agent(id).await? && self.get(id).is_none() {
             return Err(Error::not_found("agent", id));
         }
-        self.write_and_notify(|r| r.deregister_agent(id))
-            .ok_or_else(|| Error::not_found("agent", id))
+        let r = self
+            .write_and_notify(|r| r.deregister_agent(id))
+            .ok_or_else(|| Error::not_found("agent", id));
+        self.changed_in_store(id, true);
+        r
     }
 
-    async fn persist(&self, agent: RegisteredAgent) -> Result<RegisteredAgent> {
+    async fn persist(&self, agent: RegisteredAgent, record: bool) -> Result<RegisteredAgent> {
         self.store.put_agent(&agent).await?;
+        self.changed_in_store(&agent.id, record);
         Ok(agent)
     }
 
     /// Operator status change (an operator hold unless set back to `online`).
     pub async fn update_status(&self, id: &str, status: AgentStatus) -> Result<RegisteredAgent> {
         let a = self.write_and_notify(|r| r.update_agent_status(id, status).cloned())?;
-        self.persist(a).await
+        self.persist(a, true).await
     }
 
     pub async fn heartbeat(
@@ -142,7 +198,7 @@ impl Registry {
             }
             Ok(a)
         })?;
-        self.persist(a).await
+        self.persist(a, false).await
     }
 
     /// Health checker verdict; `Some((old, new))` when the status changed.
@@ -156,7 +212,7 @@ impl Registry {
             (c, r.get_agent(id).cloned())
         });
         if let (Some(_), Some(a)) = (changed, agent) {
-            self.persist(a).await?;
+            self.persist(a, true).await?;
         }
         Ok(changed)
     }

@@ -35,6 +35,8 @@ use crate::clock::now_ms;
 const SWEEP_EVERY: Duration = Duration::from_millis(100);
 /// Finished tasks are kept this long (answers to repeated `complete` calls, audits).
 const KEEP_FINISHED_MS: u64 = 24 * 3600 * 1000;
+/// Cluster mode: how often calls waiting here look at their tasks' rows.
+const RECHECK_EVERY_MS: u64 = 2_000;
 /// Longest long poll.
 pub const MAX_WAIT_MS: u64 = 60_000;
 /// Most tasks one poll may lease.
@@ -90,7 +92,19 @@ pub struct TaskQueue {
     store: Arc<dyn Store>,
     shared: Arc<Mutex<Shared>>,
     writes: mpsc::UnboundedSender<Write>,
+    hook: Arc<std::sync::OnceLock<TaskHook>>,
 }
+
+/// What other nodes must hear about (cluster mode): a task queued for an agent
+/// (its pollers may wait on another node), a task finished (its call may wait
+/// on another node).
+#[derive(Debug, Clone, PartialEq)]
+pub enum TaskSignal {
+    Queued(String),
+    Done(String),
+}
+
+pub type TaskHook = Arc<dyn Fn(TaskSignal) + Send + Sync>;
 
 /// Group commit of task rows: everything that arrived while the previous
 /// transaction ran goes into the next one (one fsync for many tasks).
@@ -199,6 +213,7 @@ impl TaskQueue {
         TaskQueue {
             store,
             shared: Arc::default(),
+            hook: Arc::default(),
             writes,
         }
     }
@@ -236,6 +251,68 @@ impl TaskQueue {
     }
 
     /// Answers that arrived after their lease had run out.
+    /// Set the hook told about tasks queued and finished here (once).
+    pub fn set_hook(&self, hook: TaskHook) {
+        let _ = self.hook.set(hook);
+    }
+
+    fn signal(&self, s: TaskSignal) {
+        if let Some(h) = self.hook.get() {
+            h(s);
+        }
+    }
+
+    /// Wake this node's pollers of `agent_id` (a task was queued elsewhere).
+    pub fn wake_agent(&self, agent_id: &str) {
+        let n = self
+            .shared
+            .lock()
+            .expect("task queue")
+            .agents
+            .get(agent_id)
+            .cloned();
+        if let Some(n) = n {
+            n.notify_waiters();
+        }
+    }
+
+    /// A task finished on another node: answer its call if it waits here.
+    pub async fn remote_done(&self, task_id: &str) {
+        if !self
+            .shared
+            .lock()
+            .expect("task queue")
+            .waiters
+            .contains_key(task_id)
+        {
+            return;
+        }
+        match self.store.get_task(task_id).await {
+            Ok(Some(t)) => {
+                if let Some(answer) = answer_of(&t) {
+                    self.resolve(task_id, answer);
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, task = %task_id, "reading a finished task failed"),
+        }
+    }
+
+    /// Look at every task a call waits for here (signals may have been missed).
+    pub async fn recheck_waiters(&self) {
+        let ids: Vec<String> = self
+            .shared
+            .lock()
+            .expect("task queue")
+            .waiters
+            .keys()
+            .cloned()
+            .collect();
+        for id in ids {
+            self.remote_done(&id).await;
+        }
+    }
+
     pub fn late_answers(&self) -> u64 {
         self.shared.lock().expect("task queue").late
     }
@@ -243,6 +320,7 @@ impl TaskQueue {
     /// Sweep expired leases (and old finished tasks) until cancelled.
     pub async fn run(self, cancel: CancellationToken) {
         let mut last_purge = now_ms();
+        let mut last_recheck = now_ms();
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return,
@@ -254,9 +332,15 @@ impl TaskQueue {
                     for t in expired {
                         tracing::debug!(task = %t.task_id, agent = %t.agent_id, "lease expired");
                         self.resolve(&t.task_id, Err(lease_expired(&t.task_id)));
+                        self.signal(TaskSignal::Done(t.task_id));
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "task queue: expiring leases failed"),
+            }
+            // Cluster mode: a lost signal never leaves a call waiting for long.
+            if self.hook.get().is_some() && now.saturating_sub(last_recheck) > RECHECK_EVERY_MS {
+                last_recheck = now;
+                self.recheck_waiters().await;
             }
             if now.saturating_sub(last_purge) > 60_000 {
                 last_purge = now;
@@ -347,6 +431,7 @@ impl TaskQueue {
         };
         if self.write(|tx| Write::Finish(finish, tx)).await? {
             self.resolve(task_id, answer);
+            self.signal(TaskSignal::Done(task_id.to_owned()));
             let mut t = t;
             t.status = status;
             t.result = Some(result);
@@ -439,6 +524,7 @@ impl TaskQueue {
                     false,
                 )),
             );
+            self.signal(TaskSignal::Done(t.task_id.clone()));
         }
         self.shared
             .lock()
@@ -511,6 +597,7 @@ impl Invoker for TaskQueue {
         // Every waiting poller wakes and races for the lease (measured faster
         // than waking one per task: the winners take up to `max` at once).
         self.notify(&agent.id).notify_waiters();
+        self.signal(TaskSignal::Queued(agent.id.clone()));
         rx.await.unwrap_or_else(|_| {
             Err(InvokeError::new(
                 step_codes::AGENT_ERROR,

@@ -198,6 +198,40 @@ impl Webhooks {
         });
     }
 
+    /// Run one worker per stored subscription, from its stored cursor: start
+    /// the missing ones, stop those deleted (cluster mode: the leader does this
+    /// when it is elected and when subscriptions change on any node).
+    pub async fn sync(&self) -> maestro_core::Result<()> {
+        let subs = self.store.list_subscriptions().await?;
+        let ids: std::collections::HashSet<String> = subs.iter().map(|s| s.id.clone()).collect();
+        let gone: Vec<String> = self
+            .workers
+            .lock()
+            .expect("webhooks")
+            .keys()
+            .filter(|id| !ids.contains(*id))
+            .cloned()
+            .collect();
+        for id in gone {
+            self.stop(&id);
+        }
+        for sub in subs {
+            if self.workers.lock().expect("webhooks").contains_key(&sub.id) {
+                continue;
+            }
+            let cursor = self.store.subscription_cursor(&sub.id).await?.unwrap_or(0);
+            self.start(sub, cursor);
+        }
+        Ok(())
+    }
+
+    /// Stop every worker (their cursors are stored as they stop).
+    pub fn stop_all(&self) {
+        for (_, w) in self.workers.lock().expect("webhooks").drain() {
+            w.stop.cancel();
+        }
+    }
+
     /// Stop delivering to subscription `id`.
     pub fn stop(&self, id: &str) {
         if let Some(w) = self.workers.lock().expect("webhooks").remove(id) {

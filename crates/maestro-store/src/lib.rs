@@ -96,3 +96,14 @@ pub(crate) fn check_finish_status(
         ))),
     }
 }
+
+/// Lease fences belong to clusters, which only the PostgreSQL store serves:
+/// the single-node stores refuse a batch that carries one rather than ignore it.
+pub(crate) fn refuse_fence(batch: &maestro_core::ports::Batch) -> maestro_core::Result<()> {
+    match &batch.fence {
+        Some(f) if !f.is_empty() => Err(maestro_core::Error::store(
+            "execution leases (cluster mode) need the PostgreSQL store",
+        )),
+        _ => Ok(()),
+    }
+}

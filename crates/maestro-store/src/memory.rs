@@ -282,6 +282,7 @@ impl WorkflowStore for MemoryStore {
 #[async_trait]
 impl ExecutionStore for MemoryStore {
     async fn commit(&self, batch: Batch) -> Result<Vec<ChoreographyEvent>> {
+        crate::refuse_fence(&batch)?;
         let mut state = self.lock();
         state.check_references(&batch)?;
         let Batch {
@@ -290,6 +291,7 @@ impl ExecutionStore for MemoryStore {
             attempts,
             events,
             idempotency_keys,
+            fence: _,
         } = batch;
         for header in executions {
             let id = header.execution.id.clone();

@@ -11,7 +11,8 @@ use maestro_api::outbound::{AllowList, HttpOutbound};
 use maestro_api::push::{HttpPushInvoker, PushOptions};
 use maestro_api::{ApiOptions, AppState};
 use maestro_core::choreography::Limits;
-use maestro_core::ports::Store;
+use maestro_core::ports::{ClusterStore, Store};
+use maestro_engine::cluster::ClusterOptions;
 use maestro_engine::{Maestro, MaestroOptions};
 use maestro_store::SqliteStore;
 use tokio::task::JoinHandle;
@@ -28,7 +29,8 @@ pub struct Running {
     pub generated_admin_token: Option<String>,
     stop: CancellationToken,
     server: JoinHandle<std::io::Result<()>>,
-    lock: ServerLock,
+    /// SQLite: the one-server-per-database claim (a cluster needs none).
+    lock: Option<ServerLock>,
 }
 
 impl std::fmt::Debug for Running {
@@ -43,6 +45,13 @@ impl std::fmt::Debug for Running {
 /// `postgres` feature (on by default), `postgres://...` with a pool of
 /// `databaseMaxConnections` connections.
 pub async fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
+    Ok(open_backend(settings).await?.0)
+}
+
+/// The store, and its cluster side when it has one (PostgreSQL).
+async fn open_backend(
+    settings: &Settings,
+) -> anyhow::Result<(Arc<dyn Store>, Option<Arc<dyn ClusterStore>>)> {
     let url = settings.server.database_url();
     if url.starts_with("postgres:") || url.starts_with("postgresql:") {
         return open_postgres(&url, settings.server.database_max_connections).await;
@@ -53,19 +62,26 @@ pub async fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
     let store = SqliteStore::open_url(&url)
         .await
         .with_context(|| format!("opening {url}"))?;
-    Ok(Arc::new(store))
+    Ok((Arc::new(store), None))
 }
 
 #[cfg(feature = "postgres")]
-async fn open_postgres(url: &str, max_connections: u32) -> anyhow::Result<Arc<dyn Store>> {
+async fn open_postgres(
+    url: &str,
+    max_connections: u32,
+) -> anyhow::Result<(Arc<dyn Store>, Option<Arc<dyn ClusterStore>>)> {
     let store = maestro_store::PostgresStore::connect(url, max_connections)
         .await
         .with_context(|| format!("opening {}", maestro_store::PostgresStore::redact_url(url)))?;
-    Ok(Arc::new(store))
+    let store = Arc::new(store);
+    Ok((store.clone(), Some(store)))
 }
 
 #[cfg(not(feature = "postgres"))]
-async fn open_postgres(_url: &str, _max_connections: u32) -> anyhow::Result<Arc<dyn Store>> {
+async fn open_postgres(
+    _url: &str,
+    _max_connections: u32,
+) -> anyhow::Result<(Arc<dyn Store>, Option<Arc<dyn ClusterStore>>)> {
     bail!("this build has no PostgreSQL store (feature `postgres`); use sqlite://")
 }
 
@@ -74,9 +90,20 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     let srv = &settings.server;
     std::fs::create_dir_all(&srv.data_dir)
         .with_context(|| format!("creating the data dir {}", srv.data_dir.display()))?;
-    let store = open_store(&settings).await?;
+    let (store, cluster_store) = open_backend(&settings).await?;
     let node_id = node_id(&srv.data_dir)?;
-    let lock = ServerLock::take(store.clone(), node_id).await?;
+    // PostgreSQL: a cluster of any number of nodes. SQLite: one server per file.
+    let (lock, cluster) = match cluster_store {
+        Some(cs) => (
+            None,
+            Some(ClusterOptions {
+                store: cs,
+                node_id,
+                lease_ttl_ms: srv.cluster_lease_ttl_ms,
+            }),
+        ),
+        None => (Some(ServerLock::take(store.clone(), node_id).await?), None),
+    };
 
     let allow = match &srv.outbound_allow_list {
         Some(list) => AllowList::new(list).map_err(anyhow::Error::msg)?,
@@ -101,6 +128,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     opts.max_queued_executions = srv.max_queued_executions;
     opts.max_output_bytes = srv.max_output_bytes;
     opts.drain_timeout_ms = srv.drain_timeout_ms;
+    opts.cluster = cluster;
     let maestro = Maestro::initialize(opts)
         .await
         .context("starting the engine")?;
@@ -159,7 +187,9 @@ impl Running {
         self.stop.cancel();
         let served = self.server.await;
         self.maestro.shutdown().await;
-        self.lock.release().await;
+        if let Some(lock) = self.lock {
+            lock.release().await;
+        }
         match served {
             Ok(r) => r.context("serving"),
             Err(e) => Err(anyhow::anyhow!("server task failed: {e}")),
@@ -182,9 +212,9 @@ fn node_id(data_dir: &std::path::Path) -> anyhow::Result<String> {
     }
 }
 
-/// One server per database until clustering lands: a second server (another
-/// node id) on the same store would resume and drive the same executions, so
-/// it is refused at start. The claim is a lease row (`maestro:server`) renewed
+/// One server per SQLite database (clusters run on PostgreSQL): a second server
+/// (another node id) on the same file would resume and drive the same
+/// executions, so it is refused at start. The claim is a lease row (`maestro:server`) renewed
 /// every [`LOCK_RENEW_MS`]; after a crash it lapses within [`LOCK_TTL_MS`], and
 /// the same node (same data dir) may take it back at once.
 struct ServerLock {

@@ -30,6 +30,10 @@ pub struct ServerSettings {
     pub database_url: Option<String>,
     /// Connections of the PostgreSQL pool (unused with SQLite).
     pub database_max_connections: u32,
+    /// PostgreSQL (cluster mode): how long an execution lease and the leader
+    /// lease last without renewal; a dead node's executions are taken over
+    /// within about this long (docs/OPERATIONS.md "Running a cluster").
+    pub cluster_lease_ttl_ms: u64,
     /// The admin token; when unset one is generated at first start.
     #[serde(skip_serializing)]
     pub admin_token: Option<String>,
@@ -66,6 +70,7 @@ impl Default for ServerSettings {
             data_dir: PathBuf::from("./maestro-data"),
             database_url: None,
             database_max_connections: 16,
+            cluster_lease_ttl_ms: 10_000,
             admin_token: None,
             log_format: LogFormat::Text,
             max_body_bytes: 1 << 20,
@@ -109,6 +114,9 @@ impl ServerSettings {
                 bail!("{k} must be greater than 0");
             }
         }
+        if !(300..=600_000).contains(&self.cluster_lease_ttl_ms) {
+            bail!("clusterLeaseTtlMs must be between 300 and 600000");
+        }
         if self.max_json_depth > 512 {
             bail!("maxJsonDepth must be at most 512");
         }
@@ -140,6 +148,7 @@ const SERVER_KEYS: &[&str] = &[
     "dataDir",
     "databaseUrl",
     "databaseMaxConnections",
+    "clusterLeaseTtlMs",
     "adminToken",
     "logFormat",
     "maxBodyBytes",

@@ -281,7 +281,11 @@ async fn list_tokens(State(s): State<AppState>, mut q: Query) -> ApiResult<Respo
 }
 
 async fn revoke_token(State(s): State<AppState>, PathId(id): PathId) -> ApiResult<Response> {
-    if !s.auth.revoke(&id, now_ms()).await? {
+    let revoked = s.auth.revoke(&id, now_ms()).await?;
+    if let Some(c) = s.maestro.cluster() {
+        c.send(maestro_engine::cluster::Signal::Token { id: id.clone() });
+    }
+    if !revoked {
         return Err(maestro_core::Error::not_found("token", &id).into());
     }
     Ok(

@@ -236,6 +236,23 @@ impl AgentRegistry {
         self.agent_at(s)
     }
 
+    /// Take an agent's record as stored by another node (cluster mode), keeping
+    /// this node's call statistics and in-flight counts of it.
+    pub fn replace_agent(&mut self, agent: RegisteredAgent) -> crate::Result<()> {
+        let Some(&s) = self.ids.get(agent.id.as_str()) else {
+            let hb = agent.last_heartbeat;
+            self.register_agent(agent, hb)?;
+            return Ok(());
+        };
+        Self::validate_agent(&agent)?;
+        self.unindex(s);
+        if let Some(slot) = self.slot_mut(s) {
+            slot.agent = agent;
+        }
+        self.index(s);
+        Ok(())
+    }
+
     /// Registers the agent, or updates it when the id exists (a restarted agent
     /// re-registering). An update replaces the definition but keeps the operator
     /// hold (and the held status), health statistics, in-flight count, and the stored

@@ -13,6 +13,7 @@
 //! late-answer recording) and report back to the loop through its channel.
 
 mod calls;
+mod cluster;
 mod timers;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -26,8 +27,8 @@ use maestro_core::model::{
     StepMap, Timestamp, Workflow, WorkflowExecution,
 };
 use maestro_core::ports::{
-    AttemptRow, Batch, ExecutionHeader, IdempotencyRecord, InvokeError, Invoker, Outbound, StepRow,
-    Store,
+    AttemptRow, Batch, ClusterStore, ExecutionHeader, IdempotencyRecord, InvokeError, Invoker,
+    LeaseFence, Outbound, StepRow, Store,
 };
 use maestro_core::{Error, Result};
 use serde_json::{Map, Value};
@@ -41,6 +42,7 @@ use crate::eventbus::EventBus;
 use crate::registry::Registry;
 
 pub use calls::CallEnv;
+use cluster::release_leases;
 use timers::Timers;
 
 /// What the executor needs.
@@ -59,6 +61,19 @@ pub struct ExecutorOptions {
     pub max_output_bytes: usize,
     /// How long shutdown waits for calls in flight.
     pub drain_timeout_ms: u64,
+    /// Cluster mode: executions are owned through leases (module docs of
+    /// [`crate::cluster`]); `None` runs alone on the store.
+    pub cluster: Option<ExecutorCluster>,
+}
+
+/// What the executor needs to share a database with other nodes.
+pub struct ExecutorCluster {
+    pub store: Arc<dyn ClusterStore>,
+    pub node_id: String,
+    pub lease_ttl_ms: u64,
+    /// Committed events go to the node's event tailer (which publishes the
+    /// whole log in seq order) instead of straight to the bus.
+    pub events: mpsc::UnboundedSender<Vec<ChoreographyEvent>>,
 }
 
 /// An execute request, after the workflow was resolved.
@@ -120,6 +135,24 @@ pub(crate) enum Msg {
         id: String,
         reply: oneshot::Sender<()>,
     },
+    /// Cluster: the answer of a slot activation.
+    Activated(Result<Vec<String>>),
+    /// Cluster: executions claimed by this node (`true`: an active lease).
+    Adopt(Vec<Adopted>),
+    /// Cluster: the leased executions the lease checker should verify.
+    LeaseSnapshot(oneshot::Sender<Vec<String>>),
+    /// Cluster: leases found held by another node.
+    LeasesLost(Vec<String>),
+    /// Cluster: stop acting on every execution (lease renewal failing).
+    Fence(String),
+}
+
+/// An execution claimed from the store, ready to run here.
+pub(crate) struct Adopted {
+    execution: WorkflowExecution,
+    workflow: Arc<Workflow>,
+    plan: Arc<WorkflowPlan>,
+    active: bool,
 }
 
 /// Live counters of the executor.
@@ -210,6 +243,28 @@ impl ExecutorHandle {
 struct Live {
     state: ExecutionState,
     tags: Vec<String>,
+    /// Cluster mode: the lease this node holds on it (committed).
+    lease: Lease,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lease {
+    None,
+    Queued,
+    Active,
+}
+
+/// The cluster side of the executor's state.
+struct ClusterState {
+    opts: ExecutorCluster,
+    /// A slot activation is in flight.
+    activating: bool,
+    /// No slot was free at the last activation: try again then.
+    retry_at: Option<Timestamp>,
+    /// Wakes the orphan claimer at once (after a fence).
+    claim_now: Arc<tokio::sync::Notify>,
+    /// A fence happened while a commit was in flight: leases that commit creates are released.
+    release_after_commit: bool,
 }
 
 /// Everything gathered in one turn of the loop, committed together.
@@ -224,6 +279,7 @@ struct Turn {
     execute_replies: Vec<(String, oneshot::Sender<Result<Executed>>)>,
     control_replies: Vec<(String, oneshot::Sender<Result<WorkflowExecution>>)>,
     finished: Vec<String>,
+    new_leases: Vec<String>,
 }
 
 impl Turn {
@@ -252,6 +308,7 @@ struct Pending {
     )>,
     finished: Vec<String>,
     n_exec_events: usize,
+    new_leases: Vec<String>,
 }
 
 type CommitTask = tokio::task::JoinHandle<Result<Vec<ChoreographyEvent>>>;
@@ -299,6 +356,7 @@ pub struct Executor {
     /// Shutting down: answers are still committed, but no new call is sent (the
     /// committed attempt is re-sent, same key, at the next start).
     draining: bool,
+    cluster: Option<ClusterState>,
 }
 
 const MAX_INPUTS_PER_TURN: usize = 4096;
@@ -306,7 +364,7 @@ const RECENT_KEYS_PRUNE_AT: usize = 4096;
 const RECENT_KEYS_KEEP_MS: u64 = 60_000;
 
 impl Executor {
-    pub fn new(opts: ExecutorOptions) -> (Executor, ExecutorHandle) {
+    pub fn new(mut opts: ExecutorOptions) -> (Executor, ExecutorHandle) {
         let (tx, rx) = mpsc::unbounded_channel();
         let stats = Arc::new(ExecutorStats::default());
         let call_env = Arc::new(CallEnv {
@@ -321,8 +379,16 @@ impl Executor {
             tx: tx.clone(),
             stats: stats.clone(),
         };
+        let cluster = opts.cluster.take().map(|c| ClusterState {
+            opts: c,
+            activating: false,
+            retry_at: None,
+            claim_now: Arc::new(tokio::sync::Notify::new()),
+            release_after_commit: false,
+        });
         let ex = Executor {
             opts,
+            cluster,
             rx,
             stats,
             live: HashMap::new(),
@@ -341,7 +407,12 @@ impl Executor {
     /// Resume unfinished executions, then serve until `cancel`; then stop taking
     /// new work, wait up to the drain timeout for calls in flight, and return.
     pub async fn run(mut self, cancel: CancellationToken) {
-        if let Err(e) = self.recover().await {
+        let recovered = if self.cluster.is_some() {
+            self.cluster_start(&cancel).await
+        } else {
+            self.recover().await
+        };
+        if let Err(e) = recovered {
             tracing::error!(error = %e, "executor recovery failed");
             self.stats.failed.store(true, Ordering::SeqCst);
             return;
@@ -355,7 +426,12 @@ impl Executor {
         let mut turn = Turn::default();
         let mut inflight: Option<(CommitTask, Pending)> = None;
         loop {
-            let next_timer = self.timers.next_at().map(crate::clock::instant_at);
+            let retry_at = self.cluster.as_ref().and_then(|c| c.retry_at);
+            let next_timer = match (self.timers.next_at(), retry_at) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            }
+            .map(crate::clock::instant_at);
             let drain_tick = draining_until
                 .map(|d| d.min(tokio::time::Instant::now() + std::time::Duration::from_millis(20)));
             let mut committed = None;
@@ -377,7 +453,13 @@ impl Executor {
             }
             if let Some(r) = committed {
                 let (_, pending) = inflight.take().expect("a commit was in flight");
-                if let Err(e) = self.complete(pending, r) {
+                if self.cluster.is_some() {
+                    if let Err(e) = self.complete(pending, r) {
+                        // Lost a lease, or the database went away: drop every
+                        // execution; the committed state is claimed again.
+                        self.fence_all(&format!("commit failed: {e}"));
+                    }
+                } else if let Err(e) = self.complete(pending, r) {
                     tracing::error!(error = %e, "commit failed; the executor stops (state resumes from the store at restart)");
                     self.stats.failed.store(true, Ordering::SeqCst);
                     self.stats.ready.store(false, Ordering::SeqCst);
@@ -393,7 +475,11 @@ impl Executor {
                 self.apply(&exec_id, Input::Timer(key), &mut turn, now, &config);
             }
             if draining_until.is_none() {
-                self.fill_slots(&mut turn, now, &config);
+                if self.cluster.is_some() {
+                    self.fill_cluster_slots(&mut turn, now, &config);
+                } else {
+                    self.fill_slots(&mut turn, now, &config);
+                }
             }
             if inflight.is_none() && !turn.is_empty() {
                 let (batch, pending) = self.prepare(std::mem::take(&mut turn));
@@ -484,9 +570,19 @@ impl Executor {
                     req.parent_execution_id,
                     now,
                 );
-                self.live.insert(id.clone(), Live { state, tags });
+                self.live.insert(
+                    id.clone(),
+                    Live {
+                        state,
+                        tags,
+                        lease: Lease::None,
+                    },
+                );
                 self.queue.push_back(id.clone());
                 turn.touch(&id);
+                if self.cluster.is_some() {
+                    turn.new_leases.push(id.clone());
+                }
                 turn.execute_replies.push((id, reply));
                 // Slots are filled (FIFO) at the end of the turn.
             }
@@ -571,6 +667,26 @@ impl Executor {
                     let _ = reply.send(());
                 }
             }
+            Msg::Activated(r) => self.activated(r, turn, now, config),
+            Msg::Adopt(list) => self.adopt(list, turn, now, config),
+            Msg::LeaseSnapshot(reply) => {
+                let held = self
+                    .live
+                    .iter()
+                    .filter(|(_, l)| l.lease != Lease::None)
+                    .map(|(id, _)| id.clone())
+                    .collect();
+                let _ = reply.send(held);
+            }
+            Msg::LeasesLost(ids) => {
+                for id in ids {
+                    if self.live.get(&id).is_some_and(|l| l.lease != Lease::None) {
+                        tracing::warn!(execution = %id, "lease taken over by another node; dropping the execution here");
+                        self.drop_live(&id);
+                    }
+                }
+            }
+            Msg::Fence(reason) => self.fence_all(&reason),
         }
     }
 
@@ -651,6 +767,30 @@ impl Executor {
         let n_exec_events = batch.events.len();
         batch.events.extend(std::mem::take(&mut turn.append_events));
         batch.idempotency_keys = std::mem::take(&mut turn.idempotency);
+        if let Some(c) = &self.cluster {
+            let leased = |id: &String| self.live.get(id).is_some_and(|l| l.lease != Lease::None);
+            // Finished in the turn that created it (cancelled while queued):
+            // no lease is created at all.
+            let finished: HashSet<&String> = turn.finished.iter().collect();
+            turn.new_leases.retain(|id| !finished.contains(id));
+            batch.fence = Some(LeaseFence {
+                node_id: c.opts.node_id.clone(),
+                expires_at: now_ms() + c.opts.lease_ttl_ms,
+                held: turn
+                    .touched
+                    .iter()
+                    .filter(|id| leased(id))
+                    .cloned()
+                    .collect(),
+                release: turn
+                    .finished
+                    .iter()
+                    .filter(|id| leased(id))
+                    .cloned()
+                    .collect(),
+                queued: turn.new_leases.clone(),
+            });
+        }
         let snapshot = |live: &HashMap<String, Live>, id: &str| {
             live.get(id)
                 .map(|l| l.state.execution().clone())
@@ -673,6 +813,7 @@ impl Executor {
             control_replies,
             finished: turn.finished,
             n_exec_events,
+            new_leases: turn.new_leases,
         };
         (batch, pending)
     }
@@ -688,6 +829,17 @@ impl Executor {
             Ok(ev) => ev,
             Err(e) => {
                 let msg = e.to_string();
+                // Those executions do not exist: their keys are free again.
+                let lost: HashSet<&str> = pending
+                    .execute_replies
+                    .iter()
+                    .filter_map(|(_, r)| match r {
+                        Ok(Executed::Created(x)) => Some(x.id.as_str()),
+                        _ => None,
+                    })
+                    .collect();
+                self.recent_keys
+                    .retain(|_, (_, id, _)| !lost.contains(id.as_str()));
                 for (_, r) in pending.appends {
                     let _ = r.send(Err(Error::store(msg.clone())));
                 }
@@ -701,8 +853,28 @@ impl Executor {
             }
         };
         self.stats.commits.fetch_add(1, Ordering::Relaxed);
-        for e in &committed {
-            self.opts.bus.publish(e.clone());
+        match &mut self.cluster {
+            Some(c) => {
+                if !committed.is_empty() {
+                    let _ = c.opts.events.send(committed.clone());
+                }
+                if std::mem::take(&mut c.release_after_commit) {
+                    // Fenced while this commit was in flight: the leases it
+                    // created are not wanted here.
+                    release_leases(c, pending.new_leases.clone());
+                } else {
+                    for id in &pending.new_leases {
+                        if let Some(l) = self.live.get_mut(id) {
+                            l.lease = Lease::Queued;
+                        }
+                    }
+                }
+            }
+            None => {
+                for e in &committed {
+                    self.opts.bus.publish(e.clone());
+                }
+            }
         }
         let mut rest = committed.into_iter().skip(pending.n_exec_events);
         for (n, reply) in pending.appends {
@@ -818,7 +990,14 @@ impl Executor {
             let status = exec.status;
             let tags = workflow.tags.clone();
             let state = ExecutionState::restore(exec, workflow, plan);
-            self.live.insert(id.clone(), Live { state, tags });
+            self.live.insert(
+                id.clone(),
+                Live {
+                    state,
+                    tags,
+                    lease: Lease::None,
+                },
+            );
             if status == ExecutionStatus::Pending {
                 self.queue.push_back(id);
             } else {

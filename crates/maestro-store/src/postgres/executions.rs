@@ -10,7 +10,8 @@ use maestro_core::model::{
     StepStatus, WorkflowExecution,
 };
 use maestro_core::ports::{
-    Batch, ExecutionQuery, ExecutionStats, ExecutionStore, IdempotencyRecord, Page,
+    Batch, ExecutionQuery, ExecutionStats, ExecutionStore, IdempotencyRecord, LEASE_LOST,
+    LeaseFence, Page,
 };
 use sqlx::postgres::PgRow;
 use sqlx::{AssertSqlSafe, PgConnection, Row};
@@ -580,11 +581,22 @@ fn execution_filter(q: &ExecutionQuery) -> Where {
 }
 
 impl PostgresStore {
-    async fn commit_once(&self, columns: &BatchColumns) -> Result<Option<i64>, sqlx::Error> {
+    /// `Ok(None)` when the batch's lease fence did not hold (nothing written).
+    async fn commit_once(
+        &self,
+        columns: &BatchColumns,
+        fence: Option<&LeaseFence>,
+    ) -> Result<Option<Option<i64>>, sqlx::Error> {
         let mut tx = self.write_tx().await?;
+        if let Some(f) = fence
+            && !super::cluster::apply_fence(&mut tx, f).await?
+        {
+            tx.rollback().await?;
+            return Ok(None);
+        }
         let first = columns.write(&mut tx).await?;
         tx.commit().await?;
-        Ok(first)
+        Ok(Some(first))
     }
 }
 
@@ -595,7 +607,10 @@ impl ExecutionStore for PostgresStore {
             return Ok(Vec::new());
         }
         let columns = BatchColumns::new(&batch)?;
-        let first = retry_conflicts!(self.commit_once(&columns))?;
+        let Some(first) = retry_conflicts!(self.commit_once(&columns, batch.fence.as_ref()))?
+        else {
+            return Err(maestro_core::Error::store(LEASE_LOST));
+        };
         committed(batch.events, first)
     }
 

@@ -39,6 +39,7 @@
 //!   add `options=-csearch_path%3D<schema>` to the URL to keep Maestro in a schema
 //!   of its own.
 
+mod cluster;
 mod codec;
 mod events;
 mod executions;
@@ -68,6 +69,8 @@ const CONFLICT_RETRIES: u32 = 5;
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
     pool: PgPool,
+    /// The `NOTIFY` channel of this schema, once looked up.
+    channel: std::sync::Arc<std::sync::OnceLock<String>>,
 }
 
 impl PostgresStore {
@@ -111,7 +114,10 @@ impl PostgresStore {
             .connect_with(options)
             .await?;
         sqlx::migrate!("./migrations/postgres").run(&pool).await?;
-        Ok(PostgresStore { pool })
+        Ok(PostgresStore {
+            pool,
+            channel: Default::default(),
+        })
     }
 
     /// `url` with its password, if any, replaced by `***` (for messages and logs).

@@ -110,6 +110,22 @@ impl ScratchSchema {
         &self.name
     }
 
+    /// For tests of failures: terminate every connection of the server whose
+    /// `application_name` is `application_name` (set it in the URL of the
+    /// connections to kill); the number terminated.
+    pub async fn terminate_backends(url: &str, application_name: &str) -> Result<u64> {
+        let mut conn = connect(url).await?;
+        let killed: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE application_name = $1 AND pid <> pg_backend_pid()) AS t",
+        )
+        .bind(application_name)
+        .fetch_one(&mut conn)
+        .await?;
+        conn.close().await?;
+        Ok(u64::try_from(killed).unwrap_or(0))
+    }
+
     /// Drop the schema and everything in it. Close the stores opened on it first.
     pub async fn drop(self) -> Result<()> {
         let mut conn = connect(&self.server_url).await?;

@@ -412,6 +412,7 @@ fn execution_filter(q: &ExecutionQuery) -> Where {
 #[async_trait]
 impl ExecutionStore for SqliteStore {
     async fn commit(&self, batch: Batch) -> Result<Vec<ChoreographyEvent>> {
+        crate::refuse_fence(&batch)?;
         if batch.is_empty() {
             return Ok(Vec::new());
         }

@@ -4,6 +4,8 @@
 mod api;
 mod auth;
 mod cli;
+#[cfg(feature = "postgres")]
+mod cluster;
 mod health;
 mod hostile;
 mod openapi;

@@ -128,31 +128,3 @@ async fn workflow_survives_a_restart(url: String) {
 async fn a_workflow_runs_on_postgres_and_survives_a_restart() {
     ScratchSchema::with_fresh(workflow_survives_a_restart).await;
 }
-
-/// Two servers (two data dirs, two node ids) on one database: the second is
-/// refused until the first stops.
-async fn one_server_per_database(url: String) {
-    let dir_a = Arc::new(tempfile::tempdir().unwrap());
-    let mut a = settings(dir_a.path());
-    a.server.database_url = Some(url.clone());
-    let first = Server::start_in(dir_a, a).await;
-
-    let dir_b = tempfile::tempdir().unwrap();
-    let mut b = settings(dir_b.path());
-    b.server.database_url = Some(url);
-    let refused = maestro_server::serve::start(b.clone())
-        .await
-        .expect_err("a second server on the same database is refused");
-    assert!(
-        format!("{refused:#}").contains("another Maestro server"),
-        "{refused:#}"
-    );
-    first.stop().await;
-    let second = maestro_server::serve::start(b).await.expect("free again");
-    second.stop().await.unwrap();
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_second_server_on_the_same_database_is_refused() {
-    ScratchSchema::with_fresh(one_server_per_database).await;
-}

@@ -9,20 +9,25 @@ use serde_json::{Value, json};
 use crate::support::Server;
 
 /// Reads SSE frames from a response.
-struct Sse {
+pub(crate) struct Sse {
     resp: reqwest::Response,
     buf: String,
 }
 
 #[derive(Debug)]
-struct Frame {
-    id: Option<u64>,
-    event: Option<String>,
-    data: Value,
+pub(crate) struct Frame {
+    pub id: Option<u64>,
+    pub event: Option<String>,
+    pub data: Value,
 }
 
 impl Sse {
-    async fn open(s: &Server, query: &str, last_event_id: Option<u64>, token: &str) -> Sse {
+    pub(crate) async fn open(
+        s: &Server,
+        query: &str,
+        last_event_id: Option<u64>,
+        token: &str,
+    ) -> Sse {
         let mut req = s
             .client
             .get(s.url(&format!("/maestro/events/stream{query}")))
@@ -45,7 +50,7 @@ impl Sse {
     }
 
     /// The next event frame (keep-alive comments skipped); None at the end.
-    async fn next(&mut self) -> Option<Frame> {
+    pub(crate) async fn next(&mut self) -> Option<Frame> {
         loop {
             if let Some(end) = self.buf.find("\n\n") {
                 let block: String = self.buf.drain(..end + 2).collect();

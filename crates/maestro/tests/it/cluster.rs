@@ -1,0 +1,409 @@
+//! Several nodes on one PostgreSQL schema (docs/OPERATIONS.md "Running a
+//! cluster"): real `maestro serve` processes killed with SIGKILL, in-process
+//! servers for the event fan-out, and database connections killed with
+//! `pg_terminate_backend`. Each test has a fresh schema (`ScratchSchema`); with
+//! `CI=true` an unreachable PostgreSQL fails the test.
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use maestro_store::ScratchSchema;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::sse::Sse;
+use crate::support::{Agent, Server, now_ms, settings};
+
+const ADMIN: &str = "cluster-test-admin-token";
+const TERMINAL: [&str; 4] = ["completed", "failed", "rolled_back", "cancelled"];
+
+/// A `maestro serve` process of the cluster.
+struct Node {
+    child: Child,
+    base: String,
+    client: reqwest::Client,
+    _dir: tempfile::TempDir,
+}
+
+impl Node {
+    fn spawn(url: &str, ttl_ms: u64) -> Node {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_maestro"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path())
+            .env("MAESTRO_DATABASE_URL", url)
+            .env("MAESTRO_DATABASE_MAX_CONNECTIONS", "6")
+            .env("MAESTRO_CLUSTER_LEASE_TTL_MS", ttl_ms.to_string())
+            .env("MAESTRO_ADMIN_TOKEN", ADMIN)
+            .env("MAESTRO_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("maestro binary runs");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let base = line
+            .trim()
+            .strip_prefix("maestro listening on ")
+            .unwrap_or_else(|| panic!("ready line, got {line:?}"))
+            .to_owned();
+        Node {
+            child,
+            base,
+            client: reqwest::Client::new(),
+            _dir: dir,
+        }
+    }
+
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut req = self
+            .client
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(ADMIN);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        match req.send().await {
+            Ok(r) => {
+                let st = r.status();
+                (st, r.json().await.unwrap_or(Value::Null))
+            }
+            Err(e) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({"error": e.to_string()}),
+            ),
+        }
+    }
+
+    async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        self.call(reqwest::Method::POST, path, Some(body)).await
+    }
+
+    async fn get(&self, path: &str) -> (StatusCode, Value) {
+        self.call(reqwest::Method::GET, path, None).await
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Calls an agent saw: (idempotency key, when the call arrived).
+type Calls = Arc<Mutex<Vec<(String, u64)>>>;
+
+async fn recording_agent(delay_ms: u64) -> (Agent, Calls) {
+    let calls: Calls = Arc::default();
+    let c = calls.clone();
+    let agent = Agent::start(move |b| {
+        let key = b["taskId"].as_str().unwrap_or_default().to_owned();
+        c.lock()
+            .unwrap()
+            .push((key, now_ms().saturating_sub(delay_ms)));
+        (200, json!({"outputs": {"step": b["stepId"]}}))
+    })
+    .await;
+    agent
+        .delay_ms
+        .store(delay_ms, std::sync::atomic::Ordering::SeqCst);
+    (agent, calls)
+}
+
+fn chain(steps: usize) -> Value {
+    let steps: Vec<_> = (0..steps)
+        .map(|i| {
+            let mut s = json!({"id": format!("s{i}"), "agentId": "worker", "capability": "work"});
+            if i > 0 {
+                s["dependencies"] = json!([format!("s{}", i - 1)]);
+            }
+            s
+        })
+        .collect();
+    json!({"id": "chain", "name": "Chain", "steps": steps})
+}
+
+/// Wait until `node` sees agent `id` (registered through another node).
+async fn wait_agent(node: &Node, id: &str) {
+    for _ in 0..200 {
+        if node.get(&format!("/maestro/agents/{id}")).await.0 == StatusCode::OK {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("agent {id} never seen by {}", node.base);
+}
+
+async fn wait_terminal(node: &Node, id: &str, within: Duration) -> Value {
+    let until = tokio::time::Instant::now() + within;
+    loop {
+        let (st, v) = node.get(&format!("/maestro/executions/{id}")).await;
+        if st == StatusCode::OK {
+            let status = v["execution"]["status"].as_str().unwrap_or_default();
+            if TERMINAL.contains(&status) {
+                return v["execution"].clone();
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < until,
+            "execution {id} did not finish: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Three nodes; executions started through each; one node SIGKILLed mid-run.
+async fn three_nodes_one_killed(url: String) {
+    let (agent, calls) = recording_agent(300).await;
+    let mut nodes: Vec<Node> = (0..3).map(|_| Node::spawn(&url, 1500)).collect();
+    let (st, v) = nodes[0]
+        .post(
+            "/maestro/agents",
+            json!({"id": "worker", "type": "worker", "endpoint": agent.endpoint(),
+                   "capabilities": [{"id": "work"}]}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    let (st, v) = nodes[0].post("/maestro/workflows", chain(4)).await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    for n in &nodes[1..] {
+        wait_agent(n, "worker").await;
+    }
+
+    let mut ids = Vec::new();
+    for i in 0..30 {
+        let (st, v) = nodes[i % 3]
+            .post("/maestro/workflows/chain/execute", json!({}))
+            .await;
+        assert_eq!(st, StatusCode::ACCEPTED, "{v}");
+        ids.push(v["execution"]["id"].as_str().unwrap().to_owned());
+    }
+    // Mid-run: every execution has had a step or so.
+    while calls.lock().unwrap().len() < 40 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let victim = nodes.remove(1);
+    let killed_at = now_ms();
+    drop(victim); // SIGKILL
+
+    let mut finished = Vec::new();
+    for id in &ids {
+        finished.push(wait_terminal(&nodes[0], id, Duration::from_secs(60)).await);
+    }
+    for e in &finished {
+        assert_eq!(e["status"], "completed", "{e}");
+    }
+
+    // Per idempotency key: every call's arrival time.
+    let mut by_key: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for (key, at) in calls.lock().unwrap().iter() {
+        by_key.entry(key.clone()).or_default().push(*at);
+    }
+    let mut resent = 0;
+    for e in &finished {
+        let id = e["id"].as_str().unwrap();
+        for (step, s) in e["stepExecutions"].as_object().unwrap() {
+            let attempts = s["attempts"].as_array().unwrap();
+            assert_eq!(
+                attempts.len(),
+                1,
+                "one attempt per step, kept across the takeover: {s}"
+            );
+            let key = format!("{id}:{step}:1");
+            let seen = by_key
+                .get(&key)
+                .unwrap_or_else(|| panic!("{key} was never called"));
+            // Only these keys: the attempt number never changed.
+            assert!(seen.len() <= 2, "{key} called {} times", seen.len());
+            let completed = s["completedAt"].as_u64().unwrap();
+            if completed < killed_at {
+                // Committed before the kill: never invoked again.
+                assert!(
+                    seen.iter().all(|at| *at <= completed),
+                    "{key} completed at {completed} (before the kill at {killed_at}) was called again: {seen:?}"
+                );
+            }
+            if seen.len() == 2 {
+                resent += 1;
+            }
+        }
+    }
+    let keys: HashSet<&String> = by_key.keys().collect();
+    assert!(
+        keys.iter().all(|k| k.ends_with(":1")),
+        "no attempt number changed: {keys:?}"
+    );
+    assert!(
+        resent > 0,
+        "the killed node's interrupted steps were re-sent with the same key"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_and_one_is_killed() {
+    ScratchSchema::with_fresh(three_nodes_one_killed).await;
+}
+
+/// An in-process node of the cluster on `url`.
+async fn node_in_process(url: &str) -> Server {
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let mut s = settings(dir.path());
+    s.server.database_url = Some(url.to_owned());
+    s.server.database_max_connections = 4;
+    s.server.cluster_lease_ttl_ms = 2000;
+    s.server.admin_token = Some(ADMIN.to_owned());
+    let running = maestro_server::serve::start(s).await.expect("node starts");
+    Server {
+        base: format!("http://{}", running.addr),
+        running: Some(running),
+        admin: ADMIN.to_owned(),
+        client: reqwest::Client::new(),
+        dir,
+    }
+}
+
+/// An SSE client on node A sees, in seq order and without gaps, the events of
+/// executions started through node B.
+async fn events_cross_nodes(url: String) {
+    let agent = Agent::echo().await;
+    let a = node_in_process(&url).await;
+    let b = node_in_process(&url).await;
+    a.register_http_agent("worker", &agent.endpoint(), &["work"])
+        .await;
+    let (st, v) = a.post("/maestro/workflows", chain(3)).await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    for _ in 0..200 {
+        if b.get("/maestro/agents/worker").await.0 == StatusCode::OK {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let (_, last) = a.get("/maestro/events?limit=1").await;
+    let after = last["events"][0]["seq"].as_u64().unwrap_or(0);
+    let mut stream = Sse::open(&a, &format!("?after={after}"), None, ADMIN).await;
+
+    let mut ids = HashSet::new();
+    for _ in 0..5 {
+        let (st, v) = b
+            .post("/maestro/workflows/chain/execute?wait=10000", json!({}))
+            .await;
+        assert_eq!(st, StatusCode::OK, "{v}");
+        assert_eq!(v["execution"]["status"], "completed", "{v}");
+        ids.insert(v["execution"]["id"].as_str().unwrap().to_owned());
+    }
+    let mut seqs = Vec::new();
+    let mut completed = HashSet::new();
+    while completed.len() < ids.len() {
+        let f = stream.next().await.expect("the stream stays open");
+        seqs.push(f.id.expect("every event has its seq as id"));
+        if f.event.as_deref() == Some("workflow:completed") {
+            completed.insert(
+                f.data["executionId"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            );
+        }
+    }
+    assert_eq!(seqs[0], after + 1, "starts right after the resume point");
+    assert!(
+        seqs.windows(2).all(|w| w[1] == w[0] + 1),
+        "in seq order without gaps: {seqs:?}"
+    );
+    assert_eq!(completed, ids);
+    drop(stream);
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_on_one_node_sees_executions_of_another_in_order() {
+    ScratchSchema::with_fresh(events_cross_nodes).await;
+}
+
+/// Connections killed under load with `pg_terminate_backend`: the nodes
+/// reconnect, and every execution acknowledged completes.
+async fn connections_killed(url: String) {
+    let app = format!("maestro_kill_{}", now_ms());
+    let url = if url.contains('?') {
+        format!("{url}&application_name={app}")
+    } else {
+        format!("{url}?application_name={app}")
+    };
+    let (agent, _calls) = recording_agent(20).await;
+    let nodes: Vec<Node> = (0..2).map(|_| Node::spawn(&url, 1500)).collect();
+    let (st, v) = nodes[0]
+        .post(
+            "/maestro/agents",
+            json!({"id": "worker", "type": "worker", "endpoint": agent.endpoint(),
+                   "capabilities": [{"id": "work"}]}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    let (st, v) = nodes[0].post("/maestro/workflows", chain(3)).await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    wait_agent(&nodes[1], "worker").await;
+
+    let killer = {
+        let (app, url) = (app.clone(), url.clone());
+        tokio::spawn(async move {
+            let mut killed = 0u64;
+            for _ in 0..8 {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                killed += ScratchSchema::terminate_backends(&url, &app)
+                    .await
+                    .expect("pg_terminate_backend");
+            }
+            killed
+        })
+    };
+    // Each execute is retried with its Idempotency-Key until acknowledged.
+    let mut ids = Vec::new();
+    for i in 0..40 {
+        let node = &nodes[i % 2];
+        let mut tries = 0;
+        loop {
+            let req = node
+                .client
+                .post(format!("{}/maestro/workflows/chain/execute", node.base))
+                .bearer_auth(ADMIN)
+                .header("Idempotency-Key", format!("k{i}"))
+                .json(&json!({}));
+            if let Ok(r) = req.send().await
+                && (r.status() == StatusCode::ACCEPTED || r.status() == StatusCode::OK)
+            {
+                let v: Value = r.json().await.unwrap();
+                ids.push(v["execution"]["id"].as_str().unwrap().to_owned());
+                break;
+            }
+            tries += 1;
+            assert!(tries < 200, "execute {i} never acknowledged");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    let killed = killer.await.unwrap();
+    assert!(killed > 0, "connections were killed");
+    for (i, id) in ids.iter().enumerate() {
+        let e = wait_terminal(&nodes[i % 2], id, Duration::from_secs(60)).await;
+        assert_eq!(e["status"], "completed", "{e}");
+    }
+    let unique: HashSet<&String> = ids.iter().collect();
+    assert_eq!(unique.len(), 40, "one execution per key");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_reconnect_after_connections_are_killed() {
+    ScratchSchema::with_fresh(connections_killed).await;
+}
