@@ -3,7 +3,9 @@
 //!
 //! `cargo bench -p maestro-engine --bench executor` (add `-- quick` for a smaller run;
 //! `-- postgres` runs (b) on PostgreSQL instead, in a scratch schema of
-//! `MAESTRO_BENCH_POSTGRES_URL`, default `postgres://postgres@127.0.0.1:5432/test`)
+//! `MAESTRO_BENCH_POSTGRES_URL`, default `postgres://postgres@127.0.0.1:5432/test`;
+//! `-- postgres cluster` runs (b) on 1, 2 and 3 nodes in cluster mode sharing one
+//! scratch schema, with the 100 executions in flight spread over the nodes)
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -33,6 +35,79 @@ fn postgres_url() -> Option<String> {
     })
 }
 
+/// The no-op capability, timing dispatch gaps into `dispatch`.
+fn register_noop(m: &Maestro, agent_delay_ms: u64, dispatch: Arc<Mutex<Dispatch>>) {
+    m.in_process().register("noop", "op", move |inv| {
+        let d = dispatch.clone();
+        async move {
+            let now = Instant::now();
+            {
+                let mut g = d.lock().unwrap();
+                if let Some(prev) = g.last_return.get(&inv.execution_id).copied() {
+                    g.gaps_us.push(now.duration_since(prev).as_micros() as u64);
+                }
+            }
+            if agent_delay_ms > 0 {
+                tokio::time::sleep(Duration::from_millis(agent_delay_ms)).await;
+            }
+            d.lock()
+                .unwrap()
+                .last_return
+                .insert(inv.execution_id.clone(), Instant::now());
+            Ok(Map::new())
+        }
+    });
+}
+
+fn bench_config() -> MaestroConfig {
+    let mut config = MaestroConfig {
+        max_concurrent_workflows: 100_000,
+        ..Default::default()
+    };
+    config.default_retry_policy.max_attempts = 1;
+    config
+}
+
+fn noop_agent() -> RegisteredAgent {
+    serde_json::from_value(json!({"id": "noop", "type": "bench",
+        "transport": "inprocess", "capabilities": [{"id": "op"}]}))
+    .unwrap()
+}
+
+/// `nodes` cluster nodes on one fresh PostgreSQL schema, the no-op agent on each.
+async fn setup_cluster(url: &str, nodes: usize, dispatch: Arc<Mutex<Dispatch>>) -> Vec<Maestro> {
+    let scratch = maestro_store::ScratchSchema::create(url).await.unwrap();
+    let mut out: Vec<Maestro> = Vec::new();
+    for i in 0..nodes {
+        let store = Arc::new(
+            maestro_store::PostgresStore::connect(scratch.url(), 16)
+                .await
+                .unwrap(),
+        );
+        let mut o = MaestroOptions::new(store.clone());
+        o.config = bench_config();
+        o.health_checker = false;
+        o.max_queued_executions = 100_000;
+        o.cluster = Some(maestro_engine::cluster::ClusterOptions {
+            store,
+            node_id: format!("bench-node-{i}"),
+            lease_ttl_ms: 10_000,
+        });
+        let m = Maestro::initialize(o).await.unwrap();
+        register_noop(&m, 0, dispatch.clone());
+        if i == 0 {
+            m.register_agent(noop_agent()).await.unwrap();
+            m.define_workflow(chain("chain10", 10), "bench")
+                .await
+                .unwrap();
+        }
+        out.push(m);
+    }
+    // The schema outlives the run; it is named uniquely and holds only bench data.
+    std::mem::forget(scratch);
+    out
+}
+
 async fn setup(
     dir: &tempfile::TempDir,
     agent_delay_ms: u64,
@@ -54,40 +129,13 @@ async fn setup(
                 .unwrap(),
         ),
     };
-    let mut config = MaestroConfig {
-        max_concurrent_workflows: 100_000,
-        ..Default::default()
-    };
-    config.default_retry_policy.max_attempts = 1;
     let mut o = MaestroOptions::new(store);
-    o.config = config;
+    o.config = bench_config();
     o.health_checker = false;
     o.max_queued_executions = 100_000;
     let m = Maestro::initialize(o).await.unwrap();
-    let agent: RegisteredAgent = serde_json::from_value(json!({"id": "noop", "type": "bench",
-        "transport": "inprocess", "capabilities": [{"id": "op"}]}))
-    .unwrap();
-    m.register_agent(agent).await.unwrap();
-    m.in_process().register("noop", "op", move |inv| {
-        let d = dispatch.clone();
-        async move {
-            let now = Instant::now();
-            {
-                let mut g = d.lock().unwrap();
-                if let Some(prev) = g.last_return.get(&inv.execution_id).copied() {
-                    g.gaps_us.push(now.duration_since(prev).as_micros() as u64);
-                }
-            }
-            if agent_delay_ms > 0 {
-                tokio::time::sleep(Duration::from_millis(agent_delay_ms)).await;
-            }
-            d.lock()
-                .unwrap()
-                .last_return
-                .insert(inv.execution_id.clone(), Instant::now());
-            Ok(Map::new())
-        }
-    });
+    m.register_agent(noop_agent()).await.unwrap();
+    register_noop(&m, agent_delay_ms, dispatch);
     m
 }
 
@@ -134,11 +182,16 @@ async fn run_one(m: &Maestro, wf: &str) {
 
 /// Run `total` executions with `in_flight` of them at a time.
 async fn run_many(m: &Maestro, wf: &str, total: usize, in_flight: usize) -> Duration {
+    run_spread(std::slice::from_ref(m), wf, total, in_flight).await
+}
+
+/// [`run_many`] with the workers spread over `nodes`.
+async fn run_spread(nodes: &[Maestro], wf: &str, total: usize, in_flight: usize) -> Duration {
     let start = Instant::now();
     let per = total / in_flight;
     let mut tasks = Vec::new();
-    for _ in 0..in_flight {
-        let m = m.clone();
+    for w in 0..in_flight {
+        let m = nodes[w % nodes.len()].clone();
         let wf = wf.to_owned();
         tasks.push(tokio::spawn(async move {
             for _ in 0..per {
@@ -209,6 +262,29 @@ async fn main() {
     let scale = if quick { 10 } else { 1 };
     let pg = postgres_url().is_some();
     let mut rows = Vec::new();
+    if let Some(url) = postgres_url().filter(|_| std::env::args().any(|a| a == "cluster")) {
+        for nodes in 1..=3 {
+            let d = Arc::new(Mutex::new(Dispatch::default()));
+            let ms = setup_cluster(&url, nodes, d.clone()).await;
+            let n = 1000 / scale;
+            let wall = run_spread(&ms, "chain10", n, 100.min(n)).await;
+            let mut gaps = std::mem::take(&mut d.lock().unwrap().gaps_us);
+            rows.push(Row {
+                name: format!("(b) chain10 × 1000, 100 in flight, {nodes} node(s)"),
+                steps: n * 10,
+                wall,
+                p50_us: percentile(&mut gaps, 0.5),
+                p99_us: percentile(&mut gaps, 0.99),
+                extra: "cluster mode".into(),
+            });
+            for m in ms {
+                m.shutdown().await;
+            }
+        }
+        println!("store: PostgreSQL cluster ({url})");
+        print(&rows);
+        return;
+    }
 
     // (a) latency: 1000 executions of a 10-step chain, one after another.
     for (name, in_flight, target) in [

@@ -4,7 +4,7 @@
 //! - **Executions** are owned through leases ([`crate::executor`] in cluster
 //!   mode): claimed, renewed, fenced at every commit, taken over when they lapse.
 //! - **Events**: the log's `seq` is allocated in commit order without gaps, so
-//!   each node's [`tailer`] publishes the log to its own bus in seq order: its
+//!   each node's tailer publishes the log to its own bus in seq order: its
 //!   own commits at once, other nodes' as soon as a signal says there are new
 //!   ones (and every [`TAIL_EVERY`] anyway, so a lost signal delays an event,
 //!   never loses it).

@@ -99,7 +99,7 @@ impl Executor {
             node.clone(),
             ttl,
             tx.clone(),
-            cancel.clone(),
+            self.cluster().keeper_stop.clone(),
         ));
         tokio::spawn(claimer(
             store,

@@ -265,6 +265,8 @@ struct ClusterState {
     claim_now: Arc<tokio::sync::Notify>,
     /// A fence happened while a commit was in flight: leases that commit creates are released.
     release_after_commit: bool,
+    /// Stops the lease keeper when the executor has stopped (it renews during the drain).
+    keeper_stop: CancellationToken,
 }
 
 /// Everything gathered in one turn of the loop, committed together.
@@ -385,6 +387,7 @@ impl Executor {
             retry_at: None,
             claim_now: Arc::new(tokio::sync::Notify::new()),
             release_after_commit: false,
+            keeper_stop: CancellationToken::new(),
         });
         let ex = Executor {
             opts,
@@ -500,6 +503,13 @@ impl Executor {
                 && (self.calls.only_durable_left() || tokio::time::Instant::now() >= until)
             {
                 tracing::info!(abandoned = self.calls.len(), "executor stopped");
+                if let Some(c) = &self.cluster {
+                    // Everything is committed: the other nodes may take over at once.
+                    c.keeper_stop.cancel();
+                    if let Err(e) = c.opts.store.release_node_leases(&c.opts.node_id).await {
+                        tracing::warn!(error = %e, "releasing this node's leases failed; they lapse instead");
+                    }
+                }
                 return;
             }
         }
