@@ -407,3 +407,94 @@ async fn connections_killed(url: String) {
 async fn nodes_reconnect_after_connections_are_killed() {
     ScratchSchema::with_fresh(connections_killed).await;
 }
+
+/// `maxConcurrentWorkflows` holds for the whole cluster; a config patch and a
+/// token revocation through one node apply on the other.
+async fn cluster_wide_limits(url: String) {
+    let agent = Agent::echo().await;
+    agent
+        .delay_ms
+        .store(300, std::sync::atomic::Ordering::SeqCst);
+    let a = node_in_process(&url).await;
+    let b = node_in_process(&url).await;
+    a.register_http_agent("worker", &agent.endpoint(), &["work"])
+        .await;
+    let (st, v) = a.post("/maestro/workflows", chain(1)).await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+
+    // Config through A, seen by B.
+    let (st, v) = a
+        .patch("/maestro/config", json!({"maxConcurrentWorkflows": 2}))
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let mut seen = false;
+    for _ in 0..200 {
+        let (_, c) = b.get("/maestro/config").await;
+        let agent_seen = b.get("/maestro/agents/worker").await.0 == StatusCode::OK;
+        if c["config"]["maxConcurrentWorkflows"] == 2 && agent_seen {
+            seen = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(seen, "B applies the config patched through A");
+
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        let node = if i % 2 == 0 { &a } else { &b };
+        let (st, v) = node
+            .post("/maestro/workflows/chain/execute", json!({}))
+            .await;
+        assert_eq!(st, StatusCode::ACCEPTED, "{v}");
+        ids.push(v["execution"]["id"].as_str().unwrap().to_owned());
+    }
+    let mut most = 0;
+    loop {
+        let (_, running) = a.get("/maestro/executions?status=running&limit=100").await;
+        let n = running["total"].as_u64().unwrap_or(0);
+        assert!(n <= 2, "at most 2 running in the cluster: {running}");
+        most = most.max(n);
+        let (_, done) = a
+            .get("/maestro/executions?status=completed&limit=100")
+            .await;
+        if done["total"].as_u64() == Some(6) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(most, 2, "the limit was reached, not exceeded");
+
+    // A token revoked through A stops working on B.
+    let (st, v) = a.post("/maestro/tokens", json!({"role": "reader"})).await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    let secret = v["secret"].as_str().unwrap().to_owned();
+    let token_id = v["token"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(read_with(&b, &secret).await, StatusCode::OK);
+    let (st, v) = a.delete(&format!("/maestro/tokens/{token_id}")).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let mut refused = false;
+    for _ in 0..40 {
+        if read_with(&b, &secret).await == StatusCode::UNAUTHORIZED {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(
+        refused,
+        "B refuses the token revoked through A within 1 s (its cache TTL is 5 s)"
+    );
+    a.stop().await;
+    b.stop().await;
+}
+
+async fn read_with(s: &Server, token: &str) -> StatusCode {
+    s.call(reqwest::Method::GET, "/maestro/agents", Some(token), None)
+        .await
+        .0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_config_and_revocations_are_cluster_wide() {
+    ScratchSchema::with_fresh(cluster_wide_limits).await;
+}
