@@ -19,6 +19,7 @@
 //!   completed steps are kept, the interrupted attempt is re-sent with the same
 //!   attempt number and idempotency key.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -262,6 +263,16 @@ impl Executor {
             executions = self.live.len(),
             "fencing: dropping every execution of this node; they are claimed again from the store"
         );
+        // Executions whose creating commit has not completed: their execute
+        // requests fail, and their idempotency keys are free again.
+        let uncommitted: HashSet<String> = self
+            .live
+            .iter()
+            .filter(|(_, l)| l.lease == Lease::None)
+            .map(|(id, _)| id.clone())
+            .collect();
+        self.recent_keys
+            .retain(|_, (_, id, _)| !uncommitted.contains(id));
         self.live.clear();
         self.queue.clear();
         self.active = 0;
@@ -343,6 +354,7 @@ async fn lease_keeper(
     let every = Duration::from_millis((ttl / 3).max(1));
     let mut last_ok = now_ms();
     let mut fenced = false;
+    let mut prev_strays: HashSet<String> = HashSet::new();
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
@@ -363,10 +375,31 @@ async fn lease_keeper(
             Ok(ours) => {
                 last_ok = now;
                 fenced = false;
-                let ours: std::collections::HashSet<String> = ours.into_iter().collect();
-                let lost: Vec<String> = held.into_iter().filter(|id| !ours.contains(id)).collect();
+                let ours: HashSet<String> = ours.into_iter().collect();
+                let held: HashSet<String> = held.into_iter().collect();
+                let lost: Vec<String> = held
+                    .iter()
+                    .filter(|id| !ours.contains(*id))
+                    .cloned()
+                    .collect();
                 if !lost.is_empty() && tx.send(Msg::LeasesLost(lost)).is_err() {
                     return;
+                }
+                // Leases of this node that no execution here stands for (a
+                // claim or a release interrupted by a lost connection, a fence
+                // whose release failed): seen twice in a row, they are given
+                // up, so that they are claimed again instead of renewed forever.
+                let strays: HashSet<String> = ours.difference(&held).cloned().collect();
+                let give_up: Vec<String> = strays.intersection(&prev_strays).cloned().collect();
+                prev_strays = strays;
+                if !give_up.is_empty() {
+                    tracing::warn!(
+                        leases = give_up.len(),
+                        "releasing leases no execution here stands for"
+                    );
+                    if let Err(e) = store.release_leases(&node, &give_up).await {
+                        tracing::warn!(error = %e, "releasing stray leases failed");
+                    }
                 }
             }
             Err(e) => {

@@ -776,7 +776,14 @@ impl Executor {
         }
         let n_exec_events = batch.events.len();
         batch.events.extend(std::mem::take(&mut turn.append_events));
-        batch.idempotency_keys = std::mem::take(&mut turn.idempotency);
+        // A key whose execution was dropped before its first commit (a fence)
+        // is not stored: it would name an execution that does not exist.
+        let live = &self.live;
+        batch.idempotency_keys = std::mem::take(&mut turn.idempotency)
+            .into_iter()
+            .filter(|k| live.contains_key(&k.execution_id))
+            .collect();
+        turn.new_leases.retain(|id| live.contains_key(id));
         if let Some(c) = &self.cluster {
             let leased = |id: &String| self.live.get(id).is_some_and(|l| l.lease != Lease::None);
             // Finished in the turn that created it (cancelled while queued):
@@ -809,7 +816,16 @@ impl Executor {
         let execute_replies = turn
             .execute_replies
             .into_iter()
-            .map(|(id, r)| (r, snapshot(&self.live, &id).map(Executed::Created)))
+            .map(|(id, r)| {
+                // Gone before its first commit: this node fenced itself.
+                let created = snapshot(&self.live, &id).map(Executed::Created).map_err(|_| {
+                    Error::NotReady(
+                        "this node lost its database connection before the execution was stored; try again"
+                            .into(),
+                    )
+                });
+                (r, created)
+            })
             .collect();
         let control_replies = turn
             .control_replies
