@@ -507,3 +507,149 @@ async fn read_with(s: &Server, token: &str) -> StatusCode {
 async fn limits_config_and_revocations_are_cluster_wide() {
     ScratchSchema::with_fresh(cluster_wide_limits).await;
 }
+
+/// A poll agent long-polls node B while its executions run on node A: the
+/// waiting poll is woken by A's enqueue, and the answer given to B reaches the
+/// call waiting on A.
+async fn poll_across_nodes(url: String) {
+    let a = node_in_process(&url).await;
+    let b = node_in_process(&url).await;
+    let (st, v) = a
+        .post(
+            "/maestro/agents",
+            json!({"id": "puller", "type": "worker", "transport": "poll",
+                   "capabilities": [{"id": "work"}]}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    let token = v["agentToken"].as_str().unwrap().to_owned();
+    let wf = json!({"id": "pulled", "name": "pulled", "steps": [
+        {"id": "s0", "agentId": "puller", "capability": "work"},
+        {"id": "s1", "agentId": "puller", "capability": "work", "dependencies": ["s0"]}]});
+    let (st, v) = a.post("/maestro/workflows", wf).await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    for _ in 0..200 {
+        if b.get("/maestro/agents/puller").await.0 == StatusCode::OK {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+
+    // The agent works through B only.
+    let worker = {
+        let (base, client, token) = (b.base.clone(), b.client.clone(), token.clone());
+        tokio::spawn(async move {
+            let mut answered = 0;
+            while answered < 6 {
+                let r: Value = client
+                    .post(format!("{base}/maestro/agents/puller/tasks/poll"))
+                    .bearer_auth(&token)
+                    .json(&json!({"waitMs": 5000, "max": 10}))
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                for t in r["tasks"].as_array().cloned().unwrap_or_default() {
+                    let id = t["taskId"].as_str().unwrap();
+                    let st = client
+                        .post(format!("{base}/maestro/tasks/{id}/complete"))
+                        .bearer_auth(&token)
+                        .json(&json!({"outputs": {"by": "b"}}))
+                        .send()
+                        .await
+                        .unwrap()
+                        .status();
+                    assert_eq!(st, StatusCode::OK);
+                    answered += 1;
+                }
+            }
+        })
+    };
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let (st, v) = a.post("/maestro/workflows/pulled/execute", json!({})).await;
+        assert_eq!(st, StatusCode::ACCEPTED, "{v}");
+        ids.push(v["execution"]["id"].as_str().unwrap().to_owned());
+    }
+    for id in &ids {
+        let e = a.wait_terminal(id).await;
+        assert_eq!(e["status"], "completed", "{e}");
+        assert_eq!(e["stepExecutions"]["s1"]["outputs"]["by"], "b", "{e}");
+    }
+    tokio::time::timeout(Duration::from_secs(10), worker)
+        .await
+        .expect("the worker answered every task")
+        .unwrap();
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poll_agent_on_one_node_serves_executions_of_another() {
+    ScratchSchema::with_fresh(poll_across_nodes).await;
+}
+
+/// Webhooks are delivered once, by the leader, whichever node took the
+/// subscription and the events; when the leader stops another node carries on.
+async fn webhooks_from_the_leader(url: String) {
+    let a = node_in_process(&url).await;
+    let b = node_in_process(&url).await;
+    let (hook, got, _) = crate::webhooks::receiver(0).await;
+    let (st, v) = b
+        .post(
+            "/maestro/subscriptions",
+            json!({"eventTypes": ["agent:event"], "url": hook}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    let mut seqs = Vec::new();
+    for i in 0..5 {
+        let (st, v) = publish_event(&b, i).await;
+        assert_eq!(st, StatusCode::CREATED, "{v}");
+        seqs.push(v["event"]["seq"].as_u64().unwrap());
+    }
+    crate::webhooks::wait_for(&got, 5).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let delivered = |got: &crate::webhooks::Received| -> Vec<u64> {
+        got.lock()
+            .unwrap()
+            .iter()
+            .map(|(_, body)| {
+                serde_json::from_slice::<Value>(body).unwrap()["seq"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect()
+    };
+    assert_eq!(delivered(&got), seqs, "each event once, in order");
+
+    // The leader goes away: B takes over from the stored cursor.
+    a.stop().await;
+    for i in 5..8 {
+        let (st, v) = publish_event(&b, i).await;
+        assert_eq!(st, StatusCode::CREATED, "{v}");
+        seqs.push(v["event"]["seq"].as_u64().unwrap());
+    }
+    crate::webhooks::wait_for(&got, 8).await;
+    let after: HashSet<u64> = delivered(&got).into_iter().collect();
+    assert!(
+        seqs.iter().all(|s| after.contains(s)),
+        "every event delivered after the failover: {after:?} vs {seqs:?}"
+    );
+    b.stop().await;
+}
+
+async fn publish_event(s: &Server, i: u64) -> (StatusCode, Value) {
+    s.post(
+        "/maestro/events",
+        json!({"type": "agent:event", "payload": {"i": i}}),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_are_delivered_by_the_leader_and_fail_over() {
+    ScratchSchema::with_fresh(webhooks_from_the_leader).await;
+}

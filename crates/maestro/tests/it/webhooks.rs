@@ -14,10 +14,10 @@ use serde_json::{Value, json};
 
 use crate::support::{Agent, Server};
 
-type Received = Arc<Mutex<Vec<(HeaderMap, Bytes)>>>;
+pub(crate) type Received = Arc<Mutex<Vec<(HeaderMap, Bytes)>>>;
 
 /// A receiver that answers 500 to its first `fail_first` requests.
-async fn receiver(fail_first: usize) -> (String, Received, Arc<AtomicUsize>) {
+pub(crate) async fn receiver(fail_first: usize) -> (String, Received, Arc<AtomicUsize>) {
     gated_receiver(fail_first, Arc::new(AtomicBool::new(true))).await
 }
 
@@ -54,7 +54,7 @@ async fn gated_receiver(
     (url, got, calls)
 }
 
-async fn wait_for(got: &Received, n: usize) {
+pub(crate) async fn wait_for(got: &Received, n: usize) {
     for _ in 0..300 {
         if got.lock().unwrap().len() >= n {
             return;
