@@ -345,3 +345,74 @@ mod tests {
         assert!(!a.record.secret_hash.contains(parts[2]));
     }
 }
+
+/// Failed authentications per client address (docs/SECURITY.md): an address
+/// that failed `limit` times within a minute is refused (429 `RATE_LIMITED`)
+/// until that minute is over, valid token or not, so that guessing tokens
+/// costs a minute per `limit` guesses. Successes do not reset the count.
+#[derive(Debug)]
+pub struct FailureLimiter {
+    limit: u32,
+    windows: std::sync::Mutex<HashMap<std::net::IpAddr, (u32, Timestamp)>>,
+}
+
+/// The window of [`FailureLimiter`].
+pub const FAILURE_WINDOW_MS: u64 = 60_000;
+/// Addresses tracked before expired windows are swept.
+const FAILURE_SWEEP_AT: usize = 10_000;
+
+impl FailureLimiter {
+    pub fn new(limit_per_minute: u32) -> Self {
+        FailureLimiter {
+            limit: limit_per_minute.max(1),
+            windows: Default::default(),
+        }
+    }
+
+    /// `Some(seconds to wait)` when `ip` is refused now.
+    pub fn blocked(&self, ip: std::net::IpAddr, now: Timestamp) -> Option<u64> {
+        let w = self.windows.lock().expect("failure limiter");
+        let (n, start) = *w.get(&ip)?;
+        let end = start + FAILURE_WINDOW_MS;
+        (n >= self.limit && now < end).then(|| (end - now).div_ceil(1000).max(1))
+    }
+
+    /// Count a failed authentication of `ip`.
+    pub fn failed(&self, ip: std::net::IpAddr, now: Timestamp) {
+        let mut w = self.windows.lock().expect("failure limiter");
+        if w.len() >= FAILURE_SWEEP_AT {
+            w.retain(|_, (_, start)| now < *start + FAILURE_WINDOW_MS);
+        }
+        let e = w.entry(ip).or_insert((0, now));
+        if now >= e.1 + FAILURE_WINDOW_MS {
+            *e = (0, now);
+        }
+        e.0 = e.0.saturating_add(1);
+    }
+}
+
+#[cfg(test)]
+mod limiter_tests {
+    use super::*;
+
+    #[test]
+    fn an_address_is_refused_after_the_limit_until_its_minute_ends() {
+        let l = FailureLimiter::new(3);
+        let a: std::net::IpAddr = "10.0.0.1".parse().unwrap();
+        let b: std::net::IpAddr = "10.0.0.2".parse().unwrap();
+        for t in 0..3 {
+            assert_eq!(l.blocked(a, 1000 + t), None);
+            l.failed(a, 1000 + t);
+        }
+        assert_eq!(l.blocked(a, 1003), Some(60));
+        assert_eq!(l.blocked(b, 1003), None, "per address");
+        assert_eq!(l.blocked(a, 1000 + FAILURE_WINDOW_MS - 1), Some(1));
+        assert_eq!(l.blocked(a, 1000 + FAILURE_WINDOW_MS), None, "a new minute");
+        l.failed(a, 1000 + FAILURE_WINDOW_MS);
+        assert_eq!(
+            l.blocked(a, 1000 + FAILURE_WINDOW_MS),
+            None,
+            "counting again from 1"
+        );
+    }
+}

@@ -43,6 +43,10 @@ pub enum ApiError {
     /// A conflict with its own code (409), e.g. `LEASE_EXPIRED`.
     #[error("{message}")]
     Conflict { code: &'static str, message: String },
+    /// Too many failed authentications from this address (429 `RATE_LIMITED`,
+    /// with `Retry-After` in seconds).
+    #[error("too many failed authentications from this address; try again in {0} s")]
+    RateLimited(u64),
     /// The server is starting or draining (503 `NOT_READY`).
     #[error("{0}")]
     NotReady(String),
@@ -98,6 +102,12 @@ impl ApiError {
                 None,
             ),
             A::Conflict { code, message } => (StatusCode::CONFLICT, *code, message.clone(), None),
+            A::RateLimited(secs) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "RATE_LIMITED",
+                self.to_string(),
+                Some(json!({"retryAfterSeconds": secs})),
+            ),
             A::NotReady(m) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "NOT_READY",
@@ -182,7 +192,17 @@ impl IntoResponse for ApiError {
         if let Some(d) = details {
             body["details"] = d;
         }
+        let retry_after = match &self {
+            ApiError::RateLimited(secs) => Some(*secs),
+            _ => None,
+        };
         let mut resp = (status, axum::Json(body)).into_response();
+        if let Some(secs) = retry_after {
+            resp.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(secs),
+            );
+        }
         if status == StatusCode::UNAUTHORIZED {
             resp.headers_mut().insert(
                 axum::http::header::WWW_AUTHENTICATE,

@@ -24,6 +24,7 @@
 //! # }
 //! ```
 
+mod audit;
 pub mod auth;
 mod error;
 mod extract;

@@ -22,6 +22,9 @@ pub struct ApiOptions {
     pub sse_queue: usize,
     /// Interval of SSE keep-alive comments, ms.
     pub sse_keepalive_ms: u64,
+    /// Failed authentications per client address and minute before it is
+    /// refused with 429 for the rest of the minute (`authFailuresPerMinute`).
+    pub auth_failures_per_minute: u32,
 }
 
 impl Default for ApiOptions {
@@ -32,6 +35,7 @@ impl Default for ApiOptions {
             max_wait_ms: 60_000,
             sse_queue: 1024,
             sse_keepalive_ms: 15_000,
+            auth_failures_per_minute: 30,
         }
     }
 }
@@ -44,6 +48,7 @@ pub struct Inner {
     /// Cancelled when the server drains: event streams and `?wait=` end.
     pub shutdown: CancellationToken,
     draining: AtomicBool,
+    pub failures: crate::auth::FailureLimiter,
 }
 
 /// Shared state of the router. Cheap to clone.
@@ -84,6 +89,7 @@ impl AppState {
                 }
             });
         }
+        let failures = crate::auth::FailureLimiter::new(opts.auth_failures_per_minute);
         AppState(Arc::new(Inner {
             maestro,
             auth,
@@ -91,6 +97,7 @@ impl AppState {
             prometheus: crate::metrics::handle(),
             shutdown: CancellationToken::new(),
             draining: AtomicBool::new(false),
+            failures,
         }))
     }
 

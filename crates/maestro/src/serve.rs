@@ -155,6 +155,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
             max_wait_ms: srv.max_wait_ms,
             sse_queue: srv.sse_queue,
             sse_keepalive_ms: srv.sse_keepalive_ms,
+            auth_failures_per_minute: srv.auth_failures_per_minute,
         },
     );
     let listener = tokio::net::TcpListener::bind(srv.listen)

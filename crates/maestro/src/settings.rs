@@ -34,6 +34,9 @@ pub struct ServerSettings {
     /// lease last without renewal; a dead node's executions are taken over
     /// within about this long (docs/OPERATIONS.md "Running a cluster").
     pub cluster_lease_ttl_ms: u64,
+    /// Failed authentications per client address and minute before the
+    /// address is refused (429 `RATE_LIMITED`) for the rest of the minute.
+    pub auth_failures_per_minute: u32,
     /// The admin token; when unset one is generated at first start.
     #[serde(skip_serializing)]
     pub admin_token: Option<String>,
@@ -71,6 +74,7 @@ impl Default for ServerSettings {
             database_url: None,
             database_max_connections: 16,
             cluster_lease_ttl_ms: 10_000,
+            auth_failures_per_minute: 30,
             admin_token: None,
             log_format: LogFormat::Text,
             max_body_bytes: 1 << 20,
@@ -108,6 +112,10 @@ impl ServerSettings {
             ("maxOutputBytes", self.max_output_bytes as u64),
             ("sseQueue", self.sse_queue as u64),
             ("sseKeepaliveMs", self.sse_keepalive_ms),
+            (
+                "authFailuresPerMinute",
+                u64::from(self.auth_failures_per_minute),
+            ),
         ];
         for (k, v) in positive {
             if v == 0 {
@@ -149,6 +157,7 @@ const SERVER_KEYS: &[&str] = &[
     "databaseUrl",
     "databaseMaxConnections",
     "clusterLeaseTtlMs",
+    "authFailuresPerMinute",
     "adminToken",
     "logFormat",
     "maxBodyBytes",

@@ -1,5 +1,6 @@
 //! Probes, monitoring, config, tokens, subscriptions and the OpenAPI document.
 
+use axum::Extension;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -14,7 +15,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::{Access, Route, delete, get, patch, post, schema};
-use crate::auth::{Role, check_agent_binding};
+use crate::audit;
+use crate::auth::{Principal, Role, check_agent_binding};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{Json, PathId, Query};
 use crate::state::AppState;
@@ -177,6 +179,8 @@ const SERVER_SETTINGS: &[&str] = &[
     "dataDir",
     "databaseUrl",
     "databaseMaxConnections",
+    "clusterLeaseTtlMs",
+    "authFailuresPerMinute",
     "maxBodyBytes",
     "maxQueuedExecutions",
     "maxStepsPerWorkflow",
@@ -187,7 +191,11 @@ const SERVER_SETTINGS: &[&str] = &[
     "adminToken",
 ];
 
-async fn patch_config(State(s): State<AppState>, Json(patch): Json<Value>) -> ApiResult<Response> {
+async fn patch_config(
+    State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Json(patch): Json<Value>,
+) -> ApiResult<Response> {
     let Some(obj) = patch.as_object() else {
         return Err(ApiError::Validation {
             message: "the body must be a JSON object (a merge patch of the config)".into(),
@@ -203,6 +211,7 @@ async fn patch_config(State(s): State<AppState>, Json(patch): Json<Value>) -> Ap
         ));
     }
     let c = s.maestro.update_config(&patch).await?;
+    audit::record(&s, &who, "config.changed", json!({"patch": patch})).await;
     Ok(axum::Json(json!({"success": true, "config": c})).into_response())
 }
 
@@ -231,7 +240,11 @@ pub(crate) struct TokenCreated {
     secret: String,
 }
 
-async fn create_token(State(s): State<AppState>, Json(b): Json<TokenBody>) -> ApiResult<Response> {
+async fn create_token(
+    State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Json(b): Json<TokenBody>,
+) -> ApiResult<Response> {
     let role = Role::parse(&b.role).ok_or_else(|| {
         ApiError::validation(
             format!("unknown role {:?} (admin, operator, reader, agent)", b.role),
@@ -257,6 +270,13 @@ async fn create_token(State(s): State<AppState>, Json(b): Json<TokenBody>) -> Ap
         .auth
         .create(role, b.agent_id, name, b.expires_at, now)
         .await?;
+    audit::record(
+        &s,
+        &who,
+        "token.created",
+        json!({"tokenId": m.record.id, "role": role.as_str(), "agentId": m.record.agent_id}),
+    )
+    .await;
     Ok((
         StatusCode::CREATED,
         axum::Json(json!({"success": true, "token": m.record, "secret": m.secret})),
@@ -280,7 +300,11 @@ async fn list_tokens(State(s): State<AppState>, mut q: Query) -> ApiResult<Respo
     Ok(paged("tokens", tokens, limit, offset))
 }
 
-async fn revoke_token(State(s): State<AppState>, PathId(id): PathId) -> ApiResult<Response> {
+async fn revoke_token(
+    State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
+    PathId(id): PathId,
+) -> ApiResult<Response> {
     let revoked = s.auth.revoke(&id, now_ms()).await?;
     if let Some(c) = s.maestro.cluster() {
         c.send(maestro_engine::cluster::Signal::Token { id: id.clone() });
@@ -288,6 +312,7 @@ async fn revoke_token(State(s): State<AppState>, PathId(id): PathId) -> ApiResul
     if !revoked {
         return Err(maestro_core::Error::not_found("token", &id).into());
     }
+    audit::record(&s, &who, "token.revoked", json!({"tokenId": id})).await;
     Ok(
         axum::Json(json!({"success": true, "message": format!("token {id} revoked")}))
             .into_response(),
@@ -340,6 +365,7 @@ pub(crate) struct SubscriptionCreated {
 
 async fn create_subscription(
     State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
     Json(b): Json<SubscriptionBody>,
 ) -> ApiResult<Response> {
     if b.event_types.is_empty() {
@@ -375,6 +401,13 @@ async fn create_subscription(
         created_at: now_ms(),
     };
     let rec = s.maestro.create_subscription(rec).await?;
+    audit::record(
+        &s,
+        &who,
+        "subscription.created",
+        json!({"subscriptionId": rec.id, "url": rec.url, "eventTypes": rec.event_types}),
+    )
+    .await;
     Ok((
         StatusCode::CREATED,
         axum::Json(json!({"success": true, "subscription": rec, "secret": secret})),
@@ -399,8 +432,19 @@ async fn list_subscriptions(State(s): State<AppState>, mut q: Query) -> ApiResul
     Ok(paged("subscriptions", subs, limit, offset))
 }
 
-async fn delete_subscription(State(s): State<AppState>, PathId(id): PathId) -> ApiResult<Response> {
+async fn delete_subscription(
+    State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
+    PathId(id): PathId,
+) -> ApiResult<Response> {
     s.maestro.delete_subscription(&id).await?;
+    audit::record(
+        &s,
+        &who,
+        "subscription.deleted",
+        json!({"subscriptionId": id}),
+    )
+    .await;
     Ok(
         axum::Json(json!({"success": true, "message": format!("subscription {id} deleted")}))
             .into_response(),

@@ -1,5 +1,6 @@
 //! `/maestro/agents` and `/maestro/capabilities`.
 
+use axum::Extension;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -185,9 +186,14 @@ async fn get_one(State(s): State<AppState>, PathId(id): PathId, q: Query) -> Api
     Ok(axum::Json(json!({"success": true, "agent": a})).into_response())
 }
 
-async fn deregister(State(s): State<AppState>, PathId(id): PathId) -> ApiResult<Response> {
+async fn deregister(
+    State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
+    PathId(id): PathId,
+) -> ApiResult<Response> {
     agent_id(&id)?;
     s.maestro.deregister_agent(&id).await?;
+    crate::audit::record(&s, &who, "agent.deregistered", json!({"agentId": id})).await;
     Ok(
         axum::Json(json!({"success": true, "message": format!("agent {id} deregistered")}))
             .into_response(),

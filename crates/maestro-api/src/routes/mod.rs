@@ -326,18 +326,31 @@ async fn guard(State(g): State<Guard>, req: Request, next: Next) -> Response {
         }
     };
     let mut req = Request::from_parts(parts, body);
+    let now = maestro_engine::clock::now_ms();
+    // The peer address (absent when the router is served without it, e.g. in
+    // unit tests): failed authentications are counted per address.
+    let peer = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip());
+    if let Some(ip) = peer
+        && let Some(wait) = g.state.failures.blocked(ip, now)
+    {
+        return ApiError::RateLimited(wait).into_response();
+    }
     let header = req
         .headers()
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    let principal = match g
-        .state
-        .auth
-        .authenticate(header, maestro_engine::clock::now_ms())
-        .await
-    {
+    let principal = match g.state.auth.authenticate(header, now).await {
         Ok(p) => p,
-        Err(e) => return e.into_response(),
+        Err(e) => {
+            if let (Some(ip), ApiError::Unauthorized(_)) = (peer, &e) {
+                g.state.failures.failed(ip, now);
+                tracing::info!(peer = %ip, "authentication failed");
+            }
+            return e.into_response();
+        }
     };
     let agent_in_path = params.iter().find(|(k, _)| *k == "agentId").map(|(_, v)| v);
     if !g.access.allows(&principal, agent_in_path) {

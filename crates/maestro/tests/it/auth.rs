@@ -705,3 +705,115 @@ async fn token_secrets_are_shown_once_and_revocation_is_immediate() {
     assert_eq!(st, StatusCode::FORBIDDEN);
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_authentications_are_rate_limited_per_address() {
+    let s = Server::start_with(|c| c.server.auth_failures_per_minute = 5).await;
+    let (st, _) = s.get("/maestro/agents").await;
+    assert_eq!(st, StatusCode::OK, "a valid token is fine");
+    for i in 0..5 {
+        let (st, v) = s
+            .call(
+                Method::GET,
+                "/maestro/agents",
+                Some(&format!("mst_{i}_guess")),
+                None,
+            )
+            .await;
+        assert_eq!(st, StatusCode::UNAUTHORIZED, "{v}");
+    }
+    // The 6th failure within the minute is refused before the token is looked
+    // at, and so is everything else from this address for the rest of the minute.
+    let r = s
+        .client
+        .get(s.url("/maestro/agents"))
+        .bearer_auth("mst_5_guess")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    let wait: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&wait), "Retry-After {wait}");
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["code"], "RATE_LIMITED", "{v}");
+    let (st, v) = s.get("/maestro/agents").await;
+    assert_eq!(st, StatusCode::TOO_MANY_REQUESTS, "{v}");
+    // Probes need no token and are never limited.
+    let (st, _) = s.call(Method::GET, "/healthz", None, None).await;
+    assert_eq!(st, StatusCode::OK);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_actions_leave_audit_events() {
+    let s = Server::start().await;
+    let (st, v) = s.post("/maestro/tokens", json!({"role": "reader"})).await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    let token_secret = v["secret"].as_str().unwrap().to_owned();
+    let token_id = v["token"]["id"].as_str().unwrap().to_owned();
+    let (st, v) = s.delete(&format!("/maestro/tokens/{token_id}")).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let (st, v) = s
+        .patch("/maestro/config", json!({"maxConcurrentWorkflows": 7}))
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let (st, v) = s
+        .post(
+            "/maestro/subscriptions",
+            json!({"eventTypes": ["agent:event"], "url": "http://127.0.0.1:9/hook"}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    let sub_secret = v["secret"].as_str().unwrap().to_owned();
+    let sub = v["subscription"]["id"].as_str().unwrap().to_owned();
+    let (st, v) = s.delete(&format!("/maestro/subscriptions/{sub}")).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let agent = Agent::echo().await;
+    s.register_http_agent("audited", &agent.endpoint(), &["x"])
+        .await;
+    let (st, v) = s.delete("/maestro/agents/audited").await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+
+    let (st, v) = s
+        .get("/maestro/events?eventTypes=maestro:audit&after=0&limit=100")
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let events = v["events"].as_array().unwrap();
+    let actions: Vec<&str> = events
+        .iter()
+        .map(|e| e["payload"]["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "token.created",
+            "token.revoked",
+            "config.changed",
+            "subscription.created",
+            "subscription.deleted",
+            "agent.deregistered"
+        ]
+    );
+    for e in events {
+        assert_eq!(e["type"], "maestro:audit");
+        assert!(e["payload"]["actor"]["tokenId"].is_string(), "{e}");
+        assert_eq!(e["payload"]["actor"]["role"], "admin", "{e}");
+    }
+    assert_eq!(events[0]["payload"]["tokenId"], token_id.as_str());
+    assert_eq!(events[2]["payload"]["patch"]["maxConcurrentWorkflows"], 7);
+    let text = serde_json::to_string(&v).unwrap();
+    let token_secret_part = token_secret.rsplit('_').next().unwrap();
+    assert!(
+        !text.contains(token_secret_part),
+        "no token secret in audit events"
+    );
+    assert!(
+        !text.contains(&sub_secret),
+        "no subscription secret in audit events"
+    );
+    s.stop().await;
+}

@@ -222,3 +222,133 @@ async fn a_second_server_on_the_same_sqlite_file_is_refused() {
     let mut child = p.child;
     assert!(child.wait().unwrap().success());
 }
+
+/// At `debug` level, with every kind of secret in use (the admin token, a
+/// created token, an agent token, a webhook secret, a guessed token), none of
+/// them reaches the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_reaches_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let log_path = dir.path().join("stderr.log");
+    let admin = format!("admin-{}", uuid_like());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_maestro"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .env("MAESTRO_LOG", "debug")
+        .env("MAESTRO_ADMIN_TOKEN", &admin)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(std::fs::File::create(&log_path).unwrap()))
+        .spawn()
+        .expect("maestro binary runs");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let base = line
+        .trim()
+        .strip_prefix("maestro listening on ")
+        .unwrap()
+        .to_owned();
+    let p = Proc {
+        child,
+        base,
+        admin: admin.clone(),
+        client: reqwest::Client::new(),
+    };
+    let (st, v) = p.post("/maestro/tokens", json!({"role": "operator"})).await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    let operator = v["secret"].as_str().unwrap().to_owned();
+    let agent = Agent::start(|_| (200, json!({"outputs": {}}))).await;
+    let inbound = format!("inbound-{}", uuid_like());
+    let (st, v) = p
+        .post(
+            "/maestro/agents",
+            json!({"id": "w", "type": "worker", "endpoint": agent.endpoint(),
+                   "inboundSecret": inbound, "capabilities": [{"id": "work"}]}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    let (st, v) = p
+        .post("/maestro/tokens", json!({"role": "agent", "agentId": "w"}))
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    let agent_token = v["secret"].as_str().unwrap().to_owned();
+    let (st, v) = p
+        .post(
+            "/maestro/subscriptions",
+            json!({"eventTypes": ["agent:event"], "url": format!("{}/hook", agent.endpoint())}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    let hook_secret = v["secret"].as_str().unwrap().to_owned();
+    let guess = format!("mst_abcdef012345_{}", uuid_like());
+    for (token, path) in [
+        (&operator, "/maestro/agents"),
+        (&agent_token, "/maestro/agents/w"),
+        (&guess, "/maestro/agents"),
+    ] {
+        p.client
+            .get(format!("{}{path}", p.base))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+    }
+    p.client
+        .post(format!("{}/maestro/agents/w/heartbeat", p.base))
+        .bearer_auth(&agent_token)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    p.post(
+        "/maestro/events",
+        json!({"type": "agent:event", "payload": {"x": 1}}),
+    )
+    .await;
+    let (st, v) = p
+        .post(
+            "/maestro/workflows",
+            json!({"id": "one", "name": "one", "steps": [{"id": "a", "agentId": "w", "capability": "work"}]}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    let (st, v) = p
+        .post("/maestro/workflows/one/execute?wait=5000", json!({}))
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(v["execution"]["status"], "completed", "{v}");
+    let (_, headers) = agent.bodies.lock().unwrap()[0].clone();
+    assert_eq!(
+        headers["authorization"].to_str().unwrap(),
+        format!("Bearer {inbound}"),
+        "the push call carried the inbound secret"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    p.signal("-TERM");
+    let mut child = p.child;
+    assert!(child.wait().unwrap().success());
+
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(log.contains("DEBUG"), "debug logging was on: {log}");
+    let secret_of = |t: &str| t.rsplit('_').next().unwrap().to_owned();
+    for (what, secret) in [
+        ("admin token", admin.clone()),
+        ("operator token", secret_of(&operator)),
+        ("agent token", secret_of(&agent_token)),
+        ("webhook secret", hook_secret),
+        ("agent inbound secret", inbound),
+        ("guessed token", secret_of(&guess)),
+    ] {
+        assert!(!log.contains(&secret), "the {what} is in the log");
+    }
+}
+
+/// 32 hex characters, different each call.
+fn uuid_like() -> String {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{:032x}", t ^ ((std::process::id() as u128) << 64))
+}
