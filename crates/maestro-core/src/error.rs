@@ -150,6 +150,8 @@ pub mod step_codes {
     pub const NO_AGENT_AVAILABLE: &str = "NO_AGENT_AVAILABLE";
     pub const UNRESOLVED_VARIABLE: &str = "UNRESOLVED_VARIABLE";
     pub const INPUT_SCHEMA_MISMATCH: &str = "INPUT_SCHEMA_MISMATCH";
+    /// A successful answer whose outputs do not match the capability's declared outputs.
+    pub const OUTPUT_SCHEMA_MISMATCH: &str = "OUTPUT_SCHEMA_MISMATCH";
     pub const STEP_TIMEOUT: &str = "STEP_TIMEOUT";
     pub const WORKFLOW_TIMEOUT: &str = "WORKFLOW_TIMEOUT";
     pub const LEASE_EXPIRED: &str = "LEASE_EXPIRED";

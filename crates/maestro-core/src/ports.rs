@@ -203,6 +203,11 @@ pub trait ExecutionStore: Send + Sync {
     ) -> Result<Option<IdempotencyRecord>>;
     /// Whether any execution of the workflow is pending, running or paused.
     async fn has_active_executions(&self, workflow_id: &str) -> Result<bool>;
+    /// Retention: delete up to `limit` finished executions (completed, failed,
+    /// rolled back, cancelled) that finished before `before`, oldest first,
+    /// with their steps, attempts and idempotency keys; the number deleted.
+    /// Unfinished executions are never deleted.
+    async fn purge_executions(&self, before: Timestamp, limit: usize) -> Result<u64>;
 }
 
 #[async_trait]
@@ -221,6 +226,10 @@ pub trait EventStore: Send + Sync {
     async fn count_events_since(&self, since: Timestamp) -> Result<u64>;
     /// How many events match `filter` (all of them, for a list's `total`).
     async fn count_events(&self, filter: &EventFilter) -> Result<u64>;
+    /// Retention: delete up to `limit` events whose `timestamp` is before
+    /// `before`, lowest seq first; the number deleted. Seqs are never reused:
+    /// `last_seq` and the next appended seq are unchanged.
+    async fn purge_events(&self, before: Timestamp, limit: usize) -> Result<u64>;
 }
 
 /// A stored API token: only the SHA-256 of its secret is kept.

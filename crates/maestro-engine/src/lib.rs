@@ -70,6 +70,7 @@ mod maestro;
 pub mod metrics;
 pub mod redact;
 pub mod registry;
+pub mod retention;
 pub mod tasks;
 pub mod webhooks;
 

@@ -58,6 +58,8 @@ pub struct MaestroOptions {
     pub health_checker: bool,
     /// Share the store with other nodes (PostgreSQL): `None` runs alone.
     pub cluster: Option<ClusterOptions>,
+    /// How long finished executions and events are kept (default: forever).
+    pub retention: crate::retention::Retention,
 }
 
 impl MaestroOptions {
@@ -77,6 +79,7 @@ impl MaestroOptions {
             health_window: HealthWindowConfig::default(),
             health_checker: true,
             cluster: None,
+            retention: crate::retention::Retention::default(),
         }
     }
 }
@@ -214,6 +217,11 @@ impl Maestro {
                 if let Some(hc) = health_checker {
                     services.push(tokio::spawn(hc.run(cancel.clone())));
                 }
+                services.push(tokio::spawn(crate::retention::run(
+                    store.clone(),
+                    opts.retention,
+                    cancel.clone(),
+                )));
             }
             Some(c) => {
                 services.push(tokio::spawn(crate::cluster::tailer(
@@ -228,7 +236,12 @@ impl Maestro {
                     c.clone(),
                     cancel.clone(),
                 )));
-                let on_change = leadership(webhooks.clone(), health_checker, cancel.clone());
+                let on_change = leadership(
+                    webhooks.clone(),
+                    health_checker,
+                    (store.clone(), opts.retention),
+                    cancel.clone(),
+                );
                 services.push(tokio::spawn(crate::cluster::leader_loop(
                     c.clone(),
                     on_change,
@@ -1010,10 +1023,11 @@ impl Maestro {
 const CONTROL_WAIT_MS: u64 = 5_000;
 
 /// Cluster mode: what becoming (or ceasing to be) the leader starts (stops):
-/// webhook delivery and the health checker.
+/// webhook delivery, the health checker and retention.
 fn leadership(
     webhooks: Webhooks,
     health_checker: Option<HealthChecker>,
+    (store, retention): (Arc<dyn Store>, crate::retention::Retention),
     cancel: CancellationToken,
 ) -> impl Fn(bool) + Send + 'static {
     let running: Mutex<Option<CancellationToken>> = Mutex::new(None);
@@ -1031,6 +1045,11 @@ fn leadership(
         if let Some(hc) = &health_checker {
             tokio::spawn(hc.as_ref().clone().run(token.clone()));
         }
+        tokio::spawn(crate::retention::run(
+            store.clone(),
+            retention,
+            token.clone(),
+        ));
         let w = webhooks.clone();
         tokio::spawn(async move {
             if let Err(e) = w.sync().await {

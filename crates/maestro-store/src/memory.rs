@@ -54,8 +54,10 @@ struct State {
     workflows: BTreeMap<String, WorkflowEntry>,
     executions: HashMap<String, ExecutionEntry>,
     idempotency_keys: HashMap<(String, String), IdempotencyRecord>,
-    /// In seq order; `events[i].seq == i + 1`.
+    /// In seq order (retention may have removed some).
     events: Vec<ChoreographyEvent>,
+    /// The last seq handed out (never reused).
+    last_seq: u64,
     tokens: BTreeMap<String, TokenRecord>,
     subscriptions: BTreeMap<String, SubscriptionRecord>,
     subscription_cursors: BTreeMap<String, u64>,
@@ -134,12 +136,13 @@ fn is_unfinished(status: ExecutionStatus) -> bool {
 
 impl State {
     fn append(&mut self, events: Vec<NewEvent>) -> Vec<ChoreographyEvent> {
-        let first = self.events.len() as u64 + 1;
+        let first = self.last_seq + 1;
         let out: Vec<ChoreographyEvent> = events
             .into_iter()
             .enumerate()
             .map(|(i, e)| e.into_event(first + i as u64))
             .collect();
+        self.last_seq += out.len() as u64;
         self.events.extend(out.iter().cloned());
         out
     }
@@ -422,6 +425,29 @@ impl ExecutionStore for MemoryStore {
                 && is_unfinished(e.header.execution.status)
         }))
     }
+
+    async fn purge_executions(&self, before: Timestamp, limit: usize) -> Result<u64> {
+        let mut state = self.lock();
+        let mut old: Vec<(Timestamp, String)> = state
+            .executions
+            .iter()
+            .filter_map(|(id, e)| {
+                let x = &e.header.execution;
+                let done = x.completed_at?;
+                (!is_unfinished(x.status) && done < before).then(|| (done, id.clone()))
+            })
+            .collect();
+        old.sort();
+        old.truncate(limit);
+        let gone: std::collections::HashSet<String> = old.into_iter().map(|(_, id)| id).collect();
+        for id in &gone {
+            state.executions.remove(id);
+        }
+        state
+            .idempotency_keys
+            .retain(|_, r| !gone.contains(&r.execution_id));
+        Ok(gone.len() as u64)
+    }
 }
 
 #[async_trait]
@@ -437,11 +463,10 @@ impl EventStore for MemoryStore {
         limit: usize,
     ) -> Result<Vec<ChoreographyEvent>> {
         let state = self.lock();
-        // `events[i].seq == i + 1`: start right after `after`.
+        // In seq order: start right after `after`.
         let start = filter
             .after
-            .map_or(0, |a| usize::try_from(a).unwrap_or(usize::MAX))
-            .min(state.events.len());
+            .map_or(0, |a| state.events.partition_point(|e| e.seq <= a));
         let candidates = state.events[start..].iter().filter(|e| filter.matches(e));
         Ok(match order {
             EventOrder::Ascending => candidates.take(limit).cloned().collect(),
@@ -455,7 +480,21 @@ impl EventStore for MemoryStore {
     }
 
     async fn last_seq(&self) -> Result<u64> {
-        Ok(self.lock().events.len() as u64)
+        Ok(self.lock().last_seq)
+    }
+
+    async fn purge_events(&self, before: Timestamp, limit: usize) -> Result<u64> {
+        let mut state = self.lock();
+        let mut left = limit;
+        state.events.retain(|e| {
+            if left > 0 && e.timestamp < before {
+                left -= 1;
+                false
+            } else {
+                true
+            }
+        });
+        Ok((limit - left) as u64)
     }
 
     async fn count_events_since(&self, since: Timestamp) -> Result<u64> {

@@ -121,6 +121,7 @@ checks!(
     tasks,
     leases,
     concurrent_leases,
+    retention,
     run_all,
 );
 

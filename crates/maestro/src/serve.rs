@@ -129,6 +129,11 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     opts.max_output_bytes = srv.max_output_bytes;
     opts.drain_timeout_ms = srv.drain_timeout_ms;
     opts.cluster = cluster;
+    let keep = |ms: u64| (ms > 0).then_some(ms);
+    opts.retention = maestro_engine::retention::Retention {
+        executions_ms: keep(srv.retention_executions_ms),
+        events_ms: keep(srv.retention_events_ms),
+    };
     let maestro = Maestro::initialize(opts)
         .await
         .context("starting the engine")?;

@@ -37,6 +37,11 @@ pub struct ServerSettings {
     /// Failed authentications per client address and minute before the
     /// address is refused (429 `RATE_LIMITED`) for the rest of the minute.
     pub auth_failures_per_minute: u32,
+    /// Finished executions are deleted this long after they finished (0: kept
+    /// forever); see docs/OPERATIONS.md "Retention".
+    pub retention_executions_ms: u64,
+    /// Events are deleted this long after their timestamp (0: kept forever).
+    pub retention_events_ms: u64,
     /// The admin token; when unset one is generated at first start.
     #[serde(skip_serializing)]
     pub admin_token: Option<String>,
@@ -75,6 +80,8 @@ impl Default for ServerSettings {
             database_max_connections: 16,
             cluster_lease_ttl_ms: 10_000,
             auth_failures_per_minute: 30,
+            retention_executions_ms: 7 * 24 * 3600 * 1000,
+            retention_events_ms: 7 * 24 * 3600 * 1000,
             admin_token: None,
             log_format: LogFormat::Text,
             max_body_bytes: 1 << 20,
@@ -122,6 +129,14 @@ impl ServerSettings {
                 bail!("{k} must be greater than 0");
             }
         }
+        for (k, v) in [
+            ("retentionExecutionsMs", self.retention_executions_ms),
+            ("retentionEventsMs", self.retention_events_ms),
+        ] {
+            if v != 0 && v < 60_000 {
+                bail!("{k} must be 0 (keep forever) or at least 60000");
+            }
+        }
         if !(300..=600_000).contains(&self.cluster_lease_ttl_ms) {
             bail!("clusterLeaseTtlMs must be between 300 and 600000");
         }
@@ -158,6 +173,8 @@ const SERVER_KEYS: &[&str] = &[
     "databaseMaxConnections",
     "clusterLeaseTtlMs",
     "authFailuresPerMinute",
+    "retentionExecutionsMs",
+    "retentionEventsMs",
     "adminToken",
     "logFormat",
     "maxBodyBytes",

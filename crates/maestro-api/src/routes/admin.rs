@@ -181,6 +181,8 @@ const SERVER_SETTINGS: &[&str] = &[
     "databaseMaxConnections",
     "clusterLeaseTtlMs",
     "authFailuresPerMinute",
+    "retentionExecutionsMs",
+    "retentionEventsMs",
     "maxBodyBytes",
     "maxQueuedExecutions",
     "maxStepsPerWorkflow",

@@ -1,4 +1,4 @@
-//! Checking step inputs against a capability's declared inputs.
+//! Checking step inputs (and outputs) against a capability's declarations.
 //!
 //! Two forms are accepted (API.md "Agents"): the original's simple map
 //! `field -> type` (`string number integer boolean object array any`, suffix `?`
@@ -49,6 +49,16 @@ impl TypeSpec {
 
     /// Check `inputs` against the declaration; the message names the field.
     pub fn check(&self, inputs: &Map<String, Value>) -> Result<(), String> {
+        self.check_as(inputs, "input")
+    }
+
+    /// Check a step's `outputs` against the declared outputs.
+    pub fn check_outputs(&self, outputs: &Map<String, Value>) -> Result<(), String> {
+        self.check_as(outputs, "output")
+    }
+
+    /// `noun` (`input` / `output`) names what is checked in the messages.
+    fn check_as(&self, inputs: &Map<String, Value>, noun: &str) -> Result<(), String> {
         if self.0.is_empty() {
             return Ok(());
         }
@@ -58,6 +68,7 @@ impl TypeSpec {
                 &Value::Object(inputs.clone()),
                 "",
                 0,
+                noun,
             );
         }
         for (field, ty) in &self.0 {
@@ -68,11 +79,11 @@ impl TypeSpec {
             };
             match inputs.get(field) {
                 None | Some(Value::Null) if optional => {}
-                None => return Err(format!("missing required input {field:?} ({base})")),
+                None => return Err(format!("missing required {noun} {field:?} ({base})")),
                 Some(v) => {
                     if !simple_type_matches(base, v) {
                         return Err(format!(
-                            "input {field:?} must be {base}, got {}",
+                            "{noun} {field:?} must be {base}, got {}",
                             type_name(v)
                         ));
                     }
@@ -111,7 +122,13 @@ fn type_name(v: &Value) -> &'static str {
     }
 }
 
-fn check_schema(schema: &Value, v: &Value, path: &str, depth: usize) -> Result<(), String> {
+fn check_schema(
+    schema: &Value,
+    v: &Value,
+    path: &str,
+    depth: usize,
+    noun: &str,
+) -> Result<(), String> {
     let Value::Object(s) = schema else {
         return Ok(()); // `true` / non-object schemas accept anything
     };
@@ -119,9 +136,9 @@ fn check_schema(schema: &Value, v: &Value, path: &str, depth: usize) -> Result<(
         return Ok(());
     }
     let at = if path.is_empty() {
-        "inputs".to_owned()
+        format!("{noun}s")
     } else {
-        format!("input {path:?}")
+        format!("{noun} {path:?}")
     };
     match s.get("type") {
         Some(Value::String(t)) if !simple_type_matches(t, v) => {
@@ -156,21 +173,21 @@ fn check_schema(schema: &Value, v: &Value, path: &str, depth: usize) -> Result<(
             for r in req.iter().filter_map(Value::as_str) {
                 if !obj.contains_key(r) {
                     let p = join(path, r);
-                    return Err(format!("missing required input {p:?}"));
+                    return Err(format!("missing required {noun} {p:?}"));
                 }
             }
         }
         if let Some(Value::Object(props)) = s.get("properties") {
             for (k, sub) in props {
                 if let Some(x) = obj.get(k) {
-                    check_schema(sub, x, &join(path, k), depth + 1)?;
+                    check_schema(sub, x, &join(path, k), depth + 1, noun)?;
                 }
             }
         }
     }
     if let (Value::Array(items), Some(sub)) = (v, s.get("items")) {
         for (i, x) in items.iter().enumerate() {
-            check_schema(sub, x, &join(path, &i.to_string()), depth + 1)?;
+            check_schema(sub, x, &join(path, &i.to_string()), depth + 1, noun)?;
         }
     }
     Ok(())

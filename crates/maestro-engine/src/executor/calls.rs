@@ -185,7 +185,7 @@ pub(super) fn spawn_call(
             }
         };
         let outcome = match first {
-            Some(r) => check_outputs(r, env.max_output_bytes),
+            Some(r) => check_outputs(r, env.max_output_bytes, &agent, &call.capability),
             None => {
                 let e = InvokeError::new(
                     step_codes::STEP_TIMEOUT,
@@ -203,9 +203,10 @@ pub(super) fn spawn_call(
                 // Keep listening for a while: a late answer is recorded, not used.
                 if let Ok(late) = tokio::time::timeout(LATE_GRACE, &mut fut).await {
                     env.stats.late_results.fetch_add(1, Ordering::Relaxed);
-                    let _ = env
-                        .tx
-                        .send(report(agent_id, check_outputs(late, env.max_output_bytes)));
+                    let _ = env.tx.send(report(
+                        agent_id,
+                        check_outputs(late, env.max_output_bytes, &agent, &call.capability),
+                    ));
                 }
                 env.registry.release(&agent.id);
                 return;
@@ -229,9 +230,14 @@ fn record(reg: &Registry, agent: &RegisteredAgent, capability: &str, ok: bool, t
     crate::metrics::step_invocation(&agent.id, capability, ok, took);
 }
 
+/// An answer's outputs: within `maxOutputBytes`, and of the types the
+/// capability declares (`OUTPUT_SCHEMA_MISMATCH`, not retried: an agent that
+/// answers the wrong shape is expected to do it again).
 fn check_outputs(
     r: Result<Map<String, Value>, InvokeError>,
     max: usize,
+    agent: &RegisteredAgent,
+    capability: &str,
 ) -> Result<Map<String, Value>, InvokeError> {
     let outputs = r?;
     let size = serde_json::to_vec(&outputs)
@@ -241,6 +247,15 @@ fn check_outputs(
         return Err(InvokeError::new(
             step_codes::OUTPUT_TOO_LARGE,
             format!("outputs are {size} bytes, more than maxOutputBytes ({max})"),
+            false,
+        ));
+    }
+    if let Some(cap) = agent.capability(capability)
+        && let Err(msg) = cap.outputs.check_outputs(&outputs)
+    {
+        return Err(InvokeError::new(
+            step_codes::OUTPUT_SCHEMA_MISMATCH,
+            msg,
             false,
         ));
     }

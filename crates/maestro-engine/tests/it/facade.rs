@@ -341,3 +341,86 @@ async fn executions_pin_the_latest_revision_right_after_an_update() {
     assert_eq!(err.code(), "NOT_FOUND");
     m.shutdown().await;
 }
+
+/// Retention deletes finished executions and old events, never an unfinished
+/// execution, and the event log's seqs continue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_deletes_finished_executions_and_old_events() {
+    use maestro_engine::retention::{Retention, purge};
+    let dir = tempfile::tempdir().unwrap();
+    let m = sqlite_maestro(&dir).await;
+    let calls = Calls::default();
+    echo_agent(&m, "echo", &["say"], &calls).await;
+    agent(&m, "slow", &["wait"], &calls, |_| async {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        Ok(obj(json!({})))
+    })
+    .await;
+    let wf = |id: &str, cap: &str| {
+        serde_json::from_value(json!({"id": id, "name": id,
+            "steps": [{"id": "s", "capability": cap}]}))
+        .unwrap()
+    };
+    m.define_workflow(wf("quick", "say"), "test").await.unwrap();
+    m.define_workflow(wf("stuck", "wait"), "test")
+        .await
+        .unwrap();
+    let mut done = Vec::new();
+    for _ in 0..3 {
+        let (e, _) = m
+            .execute_workflow("quick", ExecuteOptions::default())
+            .await
+            .unwrap();
+        let e = m
+            .wait_for_execution(&e.id, Duration::from_secs(5))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(e.status, ExecutionStatus::Completed);
+        done.push(e.id);
+    }
+    let (running, _) = m
+        .execute_workflow("stuck", ExecuteOptions::default())
+        .await
+        .unwrap();
+    let last = m.store().last_seq().await.unwrap();
+
+    // A horizon in the future: everything finished and every event is old.
+    let later = maestro_engine::clock::now_ms() + 1000;
+    let p = purge(
+        &**m.store(),
+        Retention {
+            executions_ms: Some(1),
+            events_ms: Some(1),
+        },
+        later,
+    )
+    .await
+    .unwrap();
+    assert_eq!(p.executions, 3, "{p:?}");
+    assert_eq!(p.events, last, "{p:?}");
+    for id in &done {
+        assert!(m.get_execution(id).await.unwrap().is_none());
+    }
+    let still = m.get_execution(&running.id).await.unwrap().unwrap();
+    assert_eq!(
+        still.status,
+        ExecutionStatus::Running,
+        "never an unfinished one"
+    );
+    let e = m
+        .publish_event(maestro_core::model::NewEvent::engine(
+            EventType::AgentEvent,
+            json!({}),
+            0,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(e.seq, last + 1, "seqs continue after a purge");
+    let history = m
+        .get_event_history(&EventFilter::default(), 100)
+        .await
+        .unwrap();
+    assert_eq!(history.len(), 1);
+    m.shutdown().await;
+}

@@ -58,6 +58,7 @@ pub async fn run_all(store: &dyn Store) {
     leases(store).await;
     concurrent_commits(store).await;
     concurrent_leases(store).await;
+    retention(store).await;
 }
 
 fn is_already_exists(e: &Error) -> bool {
@@ -1941,4 +1942,155 @@ pub async fn concurrent_commits_spawned(store: Arc<dyn Store>) {
         .await
         .expect("concurrent_commits_spawned: query");
     check_contiguous(before, all, &stored);
+}
+
+/// Retention: finished executions that ended before the horizon go with their
+/// steps, attempts and idempotency keys, unfinished ones and newer ones stay;
+/// old events go, seqs are never reused. Runs last in `run_all` (it removes
+/// old rows of every check).
+pub async fn retention(store: &dyn Store) {
+    let horizon = 100_000;
+    let old_done = execution(
+        "conf-ret-done",
+        "conf-ret-wf",
+        ExecutionStatus::Completed,
+        1_000,
+        vec![step(
+            "s",
+            StepStatus::Completed,
+            Some("a"),
+            vec![attempt(1, Some("a"), 1_001)],
+        )],
+    );
+    let old_failed = execution(
+        "conf-ret-failed",
+        "conf-ret-wf",
+        ExecutionStatus::Failed,
+        2_000,
+        vec![],
+    );
+    let old_running = execution(
+        "conf-ret-running",
+        "conf-ret-wf",
+        ExecutionStatus::Running,
+        3_000,
+        vec![],
+    );
+    let recent = execution(
+        "conf-ret-recent",
+        "conf-ret-wf",
+        ExecutionStatus::Completed,
+        200_000,
+        vec![],
+    );
+    let mut batch = rows_of(&[
+        (&old_done, &[]),
+        (&old_failed, &[]),
+        (&old_running, &[]),
+        (&recent, &[]),
+    ]);
+    batch.idempotency_keys = vec![IdempotencyRecord {
+        workflow_id: "conf-ret-wf".to_owned(),
+        key: "conf-ret-key".to_owned(),
+        request_hash: "h".to_owned(),
+        execution_id: old_done.id.clone(),
+        created_at: 1_000,
+    }];
+    batch.events = vec![
+        engine_event(EventType::AgentEvent, "conf-ret-done", 10),
+        engine_event(EventType::AgentEvent, "conf-ret-done", 20),
+        engine_event(EventType::AgentEvent, "conf-ret-recent", 200_000),
+    ];
+    let written = store.commit(batch).await.expect("retention: commit");
+    let last = store.last_seq().await.expect("retention: last_seq");
+
+    // In batches of one: each call deletes at most `limit`.
+    let mut deleted = 0;
+    loop {
+        let n = store
+            .purge_executions(horizon, 1)
+            .await
+            .expect("retention: purge_executions");
+        assert!(
+            n <= 1,
+            "retention: purge_executions deleted {n} with limit 1"
+        );
+        if n == 0 {
+            break;
+        }
+        deleted += n;
+    }
+    assert!(
+        deleted >= 2,
+        "retention: both old finished executions deleted ({deleted})"
+    );
+    for gone in ["conf-ret-done", "conf-ret-failed"] {
+        assert!(
+            store
+                .get_execution(gone)
+                .await
+                .expect("retention: get")
+                .is_none(),
+            "retention: {gone} was purged"
+        );
+    }
+    assert_eq!(
+        get(store, "conf-ret-running", "retention").await,
+        old_running,
+        "retention: an unfinished execution is never purged"
+    );
+    assert_eq!(get(store, "conf-ret-recent", "retention").await, recent);
+    assert!(
+        store
+            .get_idempotency_key("conf-ret-wf", "conf-ret-key")
+            .await
+            .expect("retention: key")
+            .is_none(),
+        "retention: the key of a purged execution goes with it"
+    );
+
+    loop {
+        let n = store
+            .purge_events(horizon, 1)
+            .await
+            .expect("retention: purge_events");
+        assert!(n <= 1, "retention: purge_events deleted {n} with limit 1");
+        if n == 0 {
+            break;
+        }
+    }
+    let left = store
+        .query_events(
+            &EventFilter {
+                after: Some(written[0].seq - 1),
+                ..Default::default()
+            },
+            EventOrder::Ascending,
+            100,
+        )
+        .await
+        .expect("retention: query");
+    assert_eq!(
+        left.first(),
+        written.last(),
+        "retention: only the recent event is left"
+    );
+    assert!(
+        left.iter().all(|e| e.timestamp >= horizon),
+        "retention: {left:?}"
+    );
+    assert_eq!(
+        store.last_seq().await.expect("retention: last_seq"),
+        last,
+        "retention: last_seq unchanged"
+    );
+    let next = store
+        .append_events(vec![engine_event(
+            EventType::AgentEvent,
+            "conf-ret-recent",
+            300_000,
+        )])
+        .await
+        .expect("retention: append");
+    assert_eq!(next[0].seq, last + 1, "retention: seqs are not reused");
 }

@@ -760,4 +760,26 @@ impl ExecutionStore for PostgresStore {
         .map_err(db)?;
         Ok(found.is_some())
     }
+
+    async fn purge_executions(
+        &self,
+        before: maestro_core::model::Timestamp,
+        limit: usize,
+    ) -> Result<u64> {
+        // Steps and attempts go with their execution (ON DELETE CASCADE).
+        let gone: i64 = retry_conflicts!(
+            sqlx::query_scalar(
+                "WITH gone AS (DELETE FROM executions WHERE id IN (SELECT id FROM executions \
+                 WHERE status IN ('completed', 'failed', 'rolled_back', 'cancelled') \
+                 AND completed_at < $1 ORDER BY completed_at LIMIT $2) RETURNING id), \
+                 keys AS (DELETE FROM idempotency_keys WHERE execution_id IN \
+                 (SELECT id FROM gone) RETURNING 1) \
+                 SELECT count(*) FROM gone"
+            )
+            .bind(int(before))
+            .bind(int(limit as u64))
+            .fetch_one(&self.pool)
+        )?;
+        Ok(u64::try_from(gone).unwrap_or(0))
+    }
 }

@@ -181,6 +181,19 @@ impl EventStore for SqliteStore {
         Ok(events)
     }
 
+    async fn purge_events(&self, before: Timestamp, limit: usize) -> Result<u64> {
+        let done = sqlx::query(
+            "DELETE FROM events WHERE seq IN \
+             (SELECT seq FROM events WHERE timestamp < ?1 ORDER BY seq LIMIT ?2)",
+        )
+        .bind(int(before))
+        .bind(int(limit as u64))
+        .execute(&self.writer)
+        .await
+        .map_err(db)?;
+        Ok(done.rows_affected())
+    }
+
     async fn last_seq(&self) -> Result<u64> {
         // The counter, not MAX(seq): it is bumped in the same transaction that
         // inserts the events, and stays right if old events are ever pruned.

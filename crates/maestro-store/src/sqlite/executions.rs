@@ -571,4 +571,36 @@ impl ExecutionStore for SqliteStore {
         .map_err(db)?;
         Ok(found.is_some())
     }
+
+    async fn purge_executions(
+        &self,
+        before: maestro_core::model::Timestamp,
+        limit: usize,
+    ) -> Result<u64> {
+        let mut tx = self
+            .writer
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db)?;
+        // Steps and attempts go with their execution (ON DELETE CASCADE).
+        let gone: Vec<String> = sqlx::query_scalar(
+            "DELETE FROM executions WHERE id IN (SELECT id FROM executions \
+             WHERE status IN ('completed', 'failed', 'rolled_back', 'cancelled') \
+             AND completed_at < ?1 ORDER BY completed_at LIMIT ?2) RETURNING id",
+        )
+        .bind(int(before))
+        .bind(int(limit as u64))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db)?;
+        for id in &gone {
+            sqlx::query("DELETE FROM idempotency_keys WHERE execution_id = ?1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+        }
+        tx.commit().await.map_err(db)?;
+        Ok(gone.len() as u64)
+    }
 }

@@ -6,8 +6,10 @@ mod auth;
 mod cli;
 #[cfg(feature = "postgres")]
 mod cluster;
+mod faults;
 mod health;
 mod hostile;
+mod killloop;
 mod openapi;
 #[cfg(feature = "postgres")]
 mod pg;

@@ -13,14 +13,14 @@ use serde_json::json;
 
 use crate::support::Agent;
 
-struct Proc {
-    child: Child,
-    base: String,
-    admin: String,
-    client: reqwest::Client,
+pub(crate) struct Proc {
+    pub child: Child,
+    pub base: String,
+    pub admin: String,
+    pub client: reqwest::Client,
 }
 
-fn spawn(dir: &Path) -> Proc {
+pub(crate) fn spawn(dir: &Path) -> Proc {
     let mut child = Command::new(env!("CARGO_BIN_EXE_maestro"))
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir)
@@ -55,7 +55,11 @@ fn spawn(dir: &Path) -> Proc {
 }
 
 impl Proc {
-    async fn post(&self, path: &str, body: serde_json::Value) -> (StatusCode, serde_json::Value) {
+    pub(crate) async fn post(
+        &self,
+        path: &str,
+        body: serde_json::Value,
+    ) -> (StatusCode, serde_json::Value) {
         let r = self
             .client
             .post(format!("{}{path}", self.base))
@@ -66,7 +70,7 @@ impl Proc {
             .unwrap();
         (r.status(), r.json().await.unwrap())
     }
-    async fn get(&self, path: &str) -> serde_json::Value {
+    pub(crate) async fn get(&self, path: &str) -> serde_json::Value {
         self.client
             .get(format!("{}{path}", self.base))
             .bearer_auth(&self.admin)
@@ -77,7 +81,7 @@ impl Proc {
             .await
             .unwrap()
     }
-    fn signal(&self, sig: &str) {
+    pub(crate) fn signal(&self, sig: &str) {
         let ok = Command::new("kill")
             .args([sig, &self.child.id().to_string()])
             .status()
