@@ -69,7 +69,7 @@ fn build() -> Value {
         for seg in r.path.split('/') {
             if let Some(name) = seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
                 params.push(json!({"name": name, "in": "path", "required": true,
-                    "schema": {"type": "string", "maxLength": 256}}));
+                    "schema": path_id_schema(name)}));
             }
         }
         for p in &r.query {
@@ -163,10 +163,7 @@ fn build() -> Value {
                 Answer::Raw {
                     status,
                     content_type,
-                } => (
-                    *status,
-                    json!({"description": "Success", "content": {*content_type: {"schema": {"type": "string"}}}}),
-                ),
+                } => (*status, raw_answer(content_type)),
             };
             responses.insert(status.to_string(), body);
         }
@@ -222,4 +219,41 @@ fn build() -> Value {
             "schemas": schemas
         }
     })
+}
+
+/// A success answer that is not JSON. An event stream is described one event
+/// at a time (as tools that read `text/event-stream` expect): `id` is the seq,
+/// `event` the type and `data` the event's JSON.
+fn raw_answer(content_type: &str) -> serde_json::Value {
+    let schema = if content_type == "text/event-stream" {
+        json!({
+            "type": "object",
+            "required": ["data"],
+            "properties": {
+                "id": {"type": "string", "description": "The event's seq."},
+                "event": {"type": "string", "description": "The event's type."},
+                "data": {
+                    "type": "string",
+                    "description": "The event (ChoreographyEvent) as JSON.",
+                    "contentMediaType": "application/json",
+                    "contentSchema": {"$ref": "#/components/schemas/ChoreographyEvent"}
+                }
+            }
+        })
+    } else {
+        json!({"type": "string"})
+    };
+    json!({"description": "Success", "content": {content_type: {"schema": schema}}})
+}
+
+/// The schema of a path id (API.md "Ids"): agent and workflow ids have a
+/// character set; the others are 1–256 characters.
+fn path_id_schema(name: &str) -> serde_json::Value {
+    match name {
+        "agentId" | "workflowId" => json!({
+            "type": "string", "minLength": 1, "maxLength": 128,
+            "pattern": "^[A-Za-z0-9._:-]{1,128}$"
+        }),
+        _ => json!({"type": "string", "minLength": 1, "maxLength": 256}),
+    }
 }
