@@ -13,9 +13,13 @@
 //!   fails `fail` (422, not retried).
 //! - `--rate` executions per second are started (80 % a 2-step chain that
 //!   completes, 20 % one that fails).
-//! - Every 10 s it prints a row: executions started, completed and failed so
-//!   far, the server's RSS, its open file descriptors, the SQLite files' size,
-//!   and the p99 latency of the execute requests of those 10 s.
+//! - At most 64 execute requests are in flight; a tick that finds them all
+//!   busy is skipped and counted (the server fell behind).
+//! - Every 10 s it prints a row: executions started and ticks skipped so far,
+//!   the completed and failed executions the store keeps (retention deletes
+//!   those finished over 60 s ago), the server's RSS, its open file descriptors,
+//!   the SQLite files' size, and the p99 latency of the execute requests of
+//!   those 10 s.
 //! - At the end, RSS and fds after warm-up (the first 20 % of the run) must
 //!   stay within 25 % (and 32 fds) of their post-warm-up level, or it exits 1.
 //!   Runs shorter than 5 minutes (the CI smoke run) only require every execute
@@ -33,6 +37,7 @@ use axum::routing::{get, post};
 use serde_json::{Value, json};
 
 const ADMIN: &str = "soak-admin-token";
+const MAX_IN_FLIGHT: usize = 64;
 
 struct Args {
     seconds: u64,
@@ -195,11 +200,16 @@ async fn main() {
 
     let started = Arc::new(AtomicU64::new(0));
     let refused = Arc::new(AtomicU64::new(0));
+    // At most this many execute requests in flight: when the server falls behind
+    // the generator skips ticks (counted) instead of opening ever more connections.
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
+    let skipped = Arc::new(AtomicU64::new(0));
     let latencies = Arc::new(std::sync::Mutex::new(Vec::<u64>::new()));
     let run_for = Duration::from_secs(a.seconds);
     let t0 = Instant::now();
     {
         let (started, refused, latencies) = (started.clone(), refused.clone(), latencies.clone());
+        let (in_flight, skipped) = (in_flight.clone(), skipped.clone());
         let client = client.clone();
         let base = base.clone();
         tokio::spawn(async move {
@@ -208,6 +218,10 @@ async fn main() {
             let mut n: u64 = 0;
             while t0.elapsed() < run_for {
                 tick.tick().await;
+                let Ok(permit) = in_flight.clone().try_acquire_owned() else {
+                    skipped.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                };
                 n += 1;
                 let wf = if n.is_multiple_of(5) {
                     "soak-fail"
@@ -221,6 +235,7 @@ async fn main() {
                 let (started, refused, latencies) =
                     (started.clone(), refused.clone(), latencies.clone());
                 tokio::spawn(async move {
+                    let _permit = permit;
                     let t = Instant::now();
                     match req.send().await {
                         Ok(r) if r.status().is_success() => {
@@ -244,9 +259,9 @@ async fn main() {
         a.seconds, a.rate
     );
     println!(
-        "| t (s) | started | completed | failed | refused | RSS (MiB) | fds | SQLite (MiB) | execute p99 (ms) |"
+        "| t (s) | started | skipped | kept completed | kept failed | refused | RSS (MiB) | fds | SQLite (MiB) | execute p99 (ms) |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut samples: Vec<(u64, u64, u64)> = Vec::new(); // (t, rss KiB, fds)
     while t0.elapsed() < run_for + Duration::from_secs(5) {
         tokio::time::sleep(Duration::from_secs(10)).await;
@@ -260,8 +275,9 @@ async fn main() {
         let t = t0.elapsed().as_secs();
         samples.push((t, rss, fd));
         println!(
-            "| {t} | {} | {} | {} | {} | {:.1} | {fd} | {:.1} | {:.1} |",
+            "| {t} | {} | {} | {} | {} | {} | {:.1} | {fd} | {:.1} | {:.1} |",
             started.load(Ordering::Relaxed),
+            skipped.load(Ordering::Relaxed),
             m["completedWorkflows"],
             m["failedWorkflows"],
             refused.load(Ordering::Relaxed),
