@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../fuzz"
 SECONDS_EACH="${FUZZ_SECONDS:-60}"
 TARGETS=("$@")
-if [ "${#TARGETS[@]}" -eq 0 ]; then TARGETS=(workflow condition template); fi
+if [ "${#TARGETS[@]}" -eq 0 ]; then TARGETS=(workflow condition template api_bodies); fi
 for t in "${TARGETS[@]}"; do
   mkdir -p "corpus/$t"
   echo "== fuzz $t for ${SECONDS_EACH}s"

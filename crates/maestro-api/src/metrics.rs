@@ -54,6 +54,25 @@ pub fn handle() -> PrometheusHandle {
         .clone()
 }
 
+/// How often histogram samples are folded into their buckets.
+const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Fold histogram samples into their buckets every [`UPKEEP_EVERY`], whether
+/// or not anyone scrapes `/metrics`: the recorder keeps every sample until
+/// then, so a server nobody scraped grew by each request's and step's sample
+/// (found by the soak run, docs/RELIABILITY.md). Runs until `stop`.
+pub fn start_upkeep(stop: tokio_util::sync::CancellationToken) {
+    let h = handle();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(UPKEEP_EVERY) => h.run_upkeep(),
+            }
+        }
+    });
+}
+
 /// Count and time every request under its route template (never the raw
 /// path, whose ids would explode the label set).
 pub async fn track(req: Request, next: Next) -> Response {

@@ -90,12 +90,15 @@ impl AppState {
             });
         }
         let failures = crate::auth::FailureLimiter::new(opts.auth_failures_per_minute);
+        // Cancelled when draining: event streams, `?wait=` and the metrics upkeep end.
+        let shutdown = CancellationToken::new();
+        crate::metrics::start_upkeep(shutdown.clone());
         AppState(Arc::new(Inner {
             maestro,
             auth,
             opts,
             prometheus: crate::metrics::handle(),
-            shutdown: CancellationToken::new(),
+            shutdown,
             draining: AtomicBool::new(false),
             failures,
         }))
