@@ -55,7 +55,7 @@ pub fn handle() -> PrometheusHandle {
 }
 
 /// How often histogram samples are folded into their buckets.
-const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+pub const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Fold histogram samples into their buckets every [`UPKEEP_EVERY`], whether
 /// or not anyone scrapes `/metrics`: the recorder keeps every sample until
