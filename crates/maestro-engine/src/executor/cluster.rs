@@ -24,12 +24,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use maestro_core::Result;
-use maestro_core::machine::{ExecutionState, Input};
+use maestro_core::machine::Input;
 use maestro_core::model::{ExecutionStatus, MaestroConfig, Timestamp};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::{Adopted, ClusterState, Executor, Lease, Live, Msg, Turn, timers::Timers};
+use super::{Adopted, ClusterState, Executor, Lease, Msg, Turn, timers::Timers};
 use crate::catalog::Catalog;
 use crate::clock::now_ms;
 use maestro_core::ports::{ClusterStore, Store};
@@ -134,25 +134,12 @@ impl Executor {
                 }
                 continue;
             }
-            let status = a.execution.status;
-            let tags = a.workflow.tags.clone();
-            let state = ExecutionState::restore(a.execution, a.workflow, a.plan);
             let lease = if a.active {
                 Lease::Active
             } else {
                 Lease::Queued
             };
-            self.live.insert(id.clone(), Live { state, tags, lease });
-            if status == ExecutionStatus::Pending {
-                if a.active {
-                    self.queue.push_front(id);
-                } else {
-                    self.queue.push_back(id);
-                }
-            } else {
-                self.active += 1;
-                self.apply(&id, Input::Recover, turn, now, config);
-            }
+            self.resume(a.execution, a.workflow, a.plan, lease, turn, now, config);
         }
         if n > 0 {
             tracing::info!(executions = n, "claimed executions");

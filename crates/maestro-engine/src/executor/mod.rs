@@ -988,6 +988,37 @@ impl Executor {
         }
     }
 
+    /// Make a stored, unfinished execution live here: a running or paused one
+    /// resumes at once (its interrupted attempt is re-sent), a pending one
+    /// queues, at the front when it already holds a slot (an active lease).
+    #[allow(clippy::too_many_arguments)]
+    fn resume(
+        &mut self,
+        execution: WorkflowExecution,
+        workflow: Arc<Workflow>,
+        plan: Arc<WorkflowPlan>,
+        lease: Lease,
+        turn: &mut Turn,
+        now: Timestamp,
+        config: &MaestroConfig,
+    ) {
+        let id = execution.id.clone();
+        let status = execution.status;
+        let tags = workflow.tags.clone();
+        let state = ExecutionState::restore(execution, workflow, plan);
+        self.live.insert(id.clone(), Live { state, tags, lease });
+        if status == ExecutionStatus::Pending {
+            if lease == Lease::Active {
+                self.queue.push_front(id);
+            } else {
+                self.queue.push_back(id);
+            }
+        } else {
+            self.active += 1;
+            self.apply(&id, Input::Recover, turn, now, config);
+        }
+    }
+
     /// Load unfinished executions and continue them.
     async fn recover(&mut self) -> Result<()> {
         let unfinished = self.opts.store.unfinished_executions().await?;
@@ -1012,24 +1043,7 @@ impl Executor {
                     continue;
                 }
             };
-            let id = exec.id.clone();
-            let status = exec.status;
-            let tags = workflow.tags.clone();
-            let state = ExecutionState::restore(exec, workflow, plan);
-            self.live.insert(
-                id.clone(),
-                Live {
-                    state,
-                    tags,
-                    lease: Lease::None,
-                },
-            );
-            if status == ExecutionStatus::Pending {
-                self.queue.push_back(id);
-            } else {
-                self.active += 1;
-                self.apply(&id, Input::Recover, &mut turn, now, &config);
-            }
+            self.resume(exec, workflow, plan, Lease::None, &mut turn, now, &config);
         }
         tracing::info!(
             executions = n,

@@ -5,8 +5,7 @@
 //! `CI=true` an unreachable PostgreSQL fails the test.
 
 use std::collections::{BTreeMap, HashSet};
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,6 +13,7 @@ use maestro_store::ScratchSchema;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
+use crate::process::{serve_command, start_serve};
 use crate::sse::Sse;
 use crate::support::{Agent, Server, now_ms, settings};
 
@@ -31,27 +31,13 @@ struct Node {
 impl Node {
     fn spawn(url: &str, ttl_ms: u64) -> Node {
         let dir = tempfile::tempdir().unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_maestro"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(dir.path())
-            .env("MAESTRO_DATABASE_URL", url)
-            .env("MAESTRO_DATABASE_MAX_CONNECTIONS", "6")
-            .env("MAESTRO_CLUSTER_LEASE_TTL_MS", ttl_ms.to_string())
-            .env("MAESTRO_ADMIN_TOKEN", ADMIN)
-            .env("MAESTRO_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("maestro binary runs");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let base = line
-            .trim()
-            .strip_prefix("maestro listening on ")
-            .unwrap_or_else(|| panic!("ready line, got {line:?}"))
-            .to_owned();
+        let (child, base) = start_serve(
+            serve_command(dir.path())
+                .env("MAESTRO_DATABASE_URL", url)
+                .env("MAESTRO_DATABASE_MAX_CONNECTIONS", "6")
+                .env("MAESTRO_CLUSTER_LEASE_TTL_MS", ttl_ms.to_string())
+                .env("MAESTRO_ADMIN_TOKEN", ADMIN),
+        );
         Node {
             child,
             base,

@@ -20,19 +20,22 @@ pub(crate) struct Proc {
     pub client: reqwest::Client,
 }
 
-pub(crate) fn spawn(dir: &Path) -> Proc {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_maestro"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+/// `maestro serve` on 127.0.0.1:0 with `dir` as its data dir, logging
+/// warnings to nowhere; add environment and redirect stderr as needed.
+pub(crate) fn serve_command(dir: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_maestro"));
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir)
         .env("MAESTRO_LOG", "warn")
-        .env(
-            "MAESTRO_DEFAULT_RETRY_POLICY",
-            "{\"maxAttempts\": 3, \"delayMs\": 10}",
-        )
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("maestro binary runs");
+        .stderr(Stdio::null());
+    cmd
+}
+
+/// Start `cmd` (from [`serve_command`]) and wait for its ready line: the
+/// process and its base URL.
+pub(crate) fn start_serve(cmd: &mut Command) -> (Child, String) {
+    let mut child = cmd.spawn().expect("maestro binary runs");
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
@@ -42,6 +45,14 @@ pub(crate) fn spawn(dir: &Path) -> Proc {
         .strip_prefix("maestro listening on ")
         .unwrap_or_else(|| panic!("ready line, got {line:?}"))
         .to_owned();
+    (child, base)
+}
+
+pub(crate) fn spawn(dir: &Path) -> Proc {
+    let (child, base) = start_serve(serve_command(dir).env(
+        "MAESTRO_DEFAULT_RETRY_POLICY",
+        "{\"maxAttempts\": 3, \"delayMs\": 10}",
+    ));
     let admin = std::fs::read_to_string(dir.join("admin.token"))
         .unwrap()
         .trim()
@@ -235,24 +246,12 @@ async fn no_secret_reaches_the_log() {
     let dir = tempfile::tempdir().unwrap();
     let log_path = dir.path().join("stderr.log");
     let admin = format!("admin-{}", uuid_like());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_maestro"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir.path())
-        .env("MAESTRO_LOG", "debug")
-        .env("MAESTRO_ADMIN_TOKEN", &admin)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::from(std::fs::File::create(&log_path).unwrap()))
-        .spawn()
-        .expect("maestro binary runs");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let base = line
-        .trim()
-        .strip_prefix("maestro listening on ")
-        .unwrap()
-        .to_owned();
+    let (child, base) = start_serve(
+        serve_command(dir.path())
+            .env("MAESTRO_LOG", "debug")
+            .env("MAESTRO_ADMIN_TOKEN", &admin)
+            .stderr(Stdio::from(std::fs::File::create(&log_path).unwrap())),
+    );
     let p = Proc {
         child,
         base,
