@@ -28,10 +28,12 @@ for _ in $(seq 1 100); do
 done
 BASE="$(sed -n 's/^maestro listening on //p' "$OUT")"
 [ -n "$BASE" ] || { echo "the server did not start"; cat "$DATA/stderr"; exit 1; }
+# One worker: with two, hypothesis (under CPython 3.11) sometimes fails inside its own
+# AST handling ("AST constructor recursion depth mismatch"), a tool error, not a finding.
 "$VENV/bin/st" run "$BASE/maestro/openapi.json" \
   --header "Authorization: Bearer $ADMIN" \
   --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance \
   --phases examples,coverage,fuzzing \
   --max-examples "${ST_MAX_EXAMPLES:-50}" \
-  --workers 2 \
+  --workers 1 \
   --no-color
