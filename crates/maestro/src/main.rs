@@ -118,8 +118,31 @@ fn level_directive(level: &str) -> String {
     )
 }
 
+/// A panic is logged through `tracing`, as one line in the log's format (JSON included),
+/// instead of the default hook's raw text on stderr. Maestro catches the panics it can
+/// (a library panic on a CEL condition, a request handler); the log still records them,
+/// at error level, with the backtrace when `RUST_BACKTRACE` asks for one.
+fn log_panics() {
+    std::panic::set_hook(Box::new(|info| {
+        let location = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        let message = info.payload_as_str().unwrap_or("(no message)");
+        let thread = std::thread::current();
+        let thread = thread.name().unwrap_or("unnamed");
+        let backtrace = std::backtrace::Backtrace::capture();
+        if backtrace.status() == std::backtrace::BacktraceStatus::Captured {
+            tracing::error!(panic = message, location, thread, %backtrace, "panicked");
+        } else {
+            tracing::error!(panic = message, location, thread, "panicked");
+        }
+    }));
+}
+
 async fn run(settings: settings::Settings) -> anyhow::Result<()> {
     let log = init_logging(&settings);
+    log_panics();
     let running = serve::start(settings.clone()).await?;
     if let Some(token) = &running.generated_admin_token {
         // Printed once, never through the logger.

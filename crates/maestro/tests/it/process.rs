@@ -347,6 +347,80 @@ async fn no_secret_reaches_the_log() {
     }
 }
 
+/// A panic that the server catches (cel-interpreter's `todo!` on a comprehension over an
+/// integer, turned into `CONDITION_ERROR`) is logged as one JSON line at error level, with
+/// its location, and nothing else reaches stderr.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caught_panic_is_one_json_log_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let log_path = dir.path().join("stderr.log");
+    let admin = format!("admin-{}", uuid_like());
+    let (child, base) = start_serve(
+        serve_command(dir.path())
+            .env("MAESTRO_LOG_FORMAT", "json")
+            .env("MAESTRO_ADMIN_TOKEN", &admin)
+            .env_remove("RUST_BACKTRACE")
+            .stderr(Stdio::from(std::fs::File::create(&log_path).unwrap())),
+    );
+    let p = Proc {
+        child,
+        base,
+        admin,
+        client: reqwest::Client::new(),
+    };
+    let agent = Agent::start(|_| (200, json!({"outputs": {}}))).await;
+    let (st, v) = p
+        .post(
+            "/maestro/agents",
+            json!({"id": "w", "type": "worker", "endpoint": agent.endpoint(),
+                   "capabilities": [{"id": "work"}]}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    let (st, v) = p
+        .post(
+            "/maestro/workflows",
+            json!({"id": "cel", "name": "cel", "steps": [{"id": "a", "agentId": "w",
+                   "capability": "work",
+                   "condition": {"type": "expression", "expression": "n.all(x, x > 0)"}}]}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    let (st, v) = p
+        .post(
+            "/maestro/workflows/cel/execute?wait=5000",
+            json!({"inputs": {"n": 5}}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(v["execution"]["status"], "failed", "{v}");
+    assert_eq!(
+        v["execution"]["stepExecutions"]["a"]["error"]["code"], "CONDITION_ERROR",
+        "{v}"
+    );
+    p.signal("-TERM");
+    let mut child = p.child;
+    assert!(child.wait().unwrap().success());
+
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let panics: Vec<_> = lines
+        .iter()
+        .filter(|l| l["fields"]["message"] == "panicked")
+        .collect();
+    assert_eq!(panics.len(), 1, "one panic line: {log}");
+    assert_eq!(panics[0]["level"], "ERROR", "{log}");
+    assert!(
+        panics[0]["fields"]["location"]
+            .as_str()
+            .is_some_and(|l| l.contains("cel")),
+        "the panic's location names the library: {log}"
+    );
+}
+
 /// 32 hex characters, different each call.
 fn uuid_like() -> String {
     let t = std::time::SystemTime::now()
