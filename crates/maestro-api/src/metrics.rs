@@ -109,6 +109,7 @@ pub async fn render(State(state): State<AppState>) -> Result<Response, ApiError>
     use std::sync::atomic::Ordering::Relaxed;
     metrics::gauge!("maestro_queue_depth").set(ex.queued.load(Relaxed) as f64);
     metrics::gauge!("maestro_executions_active").set(ex.active.load(Relaxed) as f64);
+    metrics::gauge!("maestro_executor_timers").set(ex.timers.load(Relaxed) as f64);
     metrics::counter!("maestro_executor_commits_total").absolute(ex.commits.load(Relaxed));
     metrics::counter!("maestro_late_results_total")
         .absolute(ex.late_results.load(Relaxed) + m.tasks().late_answers());

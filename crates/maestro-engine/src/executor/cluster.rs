@@ -225,6 +225,7 @@ impl Executor {
 
     /// Forget an execution here (another node owns it now).
     pub(super) fn drop_live(&mut self, id: &str) {
+        self.timers.cancel(id);
         if let Some(l) = self.live.remove(id) {
             if l.state.status() != ExecutionStatus::Pending {
                 self.active = self.active.saturating_sub(1);

@@ -160,6 +160,9 @@ pub(crate) struct Adopted {
 pub struct ExecutorStats {
     pub active: AtomicU64,
     pub queued: AtomicU64,
+    /// Timers armed (retries, workflow timeouts, compensation retries) of the
+    /// executions live on this node.
+    pub timers: AtomicU64,
     pub commits: AtomicU64,
     pub calls_started: AtomicU64,
     pub retries: AtomicU64,
@@ -918,6 +921,7 @@ impl Executor {
         }
         for id in pending.finished {
             self.live.remove(&id);
+            self.timers.cancel(&id);
             if let Some(ws) = self.waiters.remove(&id) {
                 for w in ws {
                     let _ = w.send(());
@@ -930,6 +934,9 @@ impl Executor {
         self.stats
             .queued
             .store(self.queue.len() as u64, Ordering::Relaxed);
+        self.stats
+            .timers
+            .store(self.timers.len() as u64, Ordering::Relaxed);
         Ok(())
     }
 

@@ -661,3 +661,71 @@ async fn every_execution_publishes_started_once_and_one_terminal_event() {
     assert!(evs.iter().all(|ev| ev.correlation_id == e.context.correlation_id && ev.source_agent == "maestro"));
     m.shutdown().await;
 }
+
+/// A finished execution holds no timer: its workflow-timeout and retry timers are dropped
+/// when it finishes, so the executor's memory does not grow with the rate of executions
+/// times `defaultWorkflowTimeout`. A running execution keeps its timeout armed.
+#[tokio::test(start_paused = true)]
+async fn finished_executions_hold_no_timers() {
+    let m = maestro().await;
+    let calls = Calls::default();
+    let n = Arc::new(AtomicU32::new(0));
+    agent(&m, "a", &["flaky", "hang"], &calls, move |inv| {
+        let n = n.clone();
+        async move {
+            if inv.capability == "hang" {
+                std::future::pending::<()>().await;
+            }
+            if n.fetch_add(1, Ordering::SeqCst) % 2 == 0 {
+                Err(InvokeError::new("TEMP", "again", true))
+            } else {
+                Ok(obj(json!({})))
+            }
+        }
+    })
+    .await;
+    m.define_workflow(
+        workflow(
+            json!({"id": "w", "name": "n", "steps": [{"id": "s", "capability": "flaky",
+        "retryPolicy": {"maxAttempts": 3, "delayMs": 50}}]}),
+        ),
+        "t",
+    )
+    .await
+    .unwrap();
+    m.define_workflow(
+        workflow(json!({"id": "h", "name": "n", "steps": [{"id": "s", "capability": "hang"}]})),
+        "t",
+    )
+    .await
+    .unwrap();
+    let (hanging, _) = m
+        .execute_workflow("h", ExecuteOptions::default())
+        .await
+        .unwrap();
+    for _ in 0..20 {
+        let e = run(&m, "w", json!({})).await;
+        assert_eq!(e.status, ExecutionStatus::Completed);
+    }
+    assert!(
+        calls.of("flaky").len() > 20,
+        "retries armed retry timers too"
+    );
+    let timers = || m.executor().stats().timers.load(Ordering::Relaxed);
+    for _ in 0..100 {
+        if timers() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(timers(), 1, "only the running execution's timeout is armed");
+    m.cancel_execution(&hanging.id, None).await.unwrap();
+    for _ in 0..100 {
+        if timers() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(timers(), 0, "a cancelled execution's timeout is dropped");
+    m.shutdown().await;
+}
