@@ -9,9 +9,10 @@
 //!   are never reused; a client resuming from before the horizon (SSE
 //!   `Last-Event-ID`, a lagging webhook subscription) continues with the oldest
 //!   event left.
-//! - A pass runs every [`RETENTION_EVERY`], in batches of [`BATCH`] rows with a
-//!   pause between batches, so that commits are never held up for long. In a
-//!   cluster the leader runs it.
+//! - A pass runs every [`RETENTION_EVERY`], in batches sized so that each one
+//!   holds the store's writer for about [`HOLD`], each followed by a pause at
+//!   least as long: commits are never held up for long, and retention takes at
+//!   most about half of the writer's time. In a cluster the leader runs it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,9 +26,13 @@ use crate::clock::now_ms;
 
 /// How often a retention pass runs.
 pub const RETENTION_EVERY: Duration = Duration::from_secs(60);
-/// Rows deleted per statement.
-pub const BATCH: usize = 1000;
-const PAUSE: Duration = Duration::from_millis(20);
+/// How long one batch should hold the writer.
+pub const HOLD: Duration = Duration::from_millis(10);
+/// The first batch of a pass; later ones are sized from the time it took.
+const FIRST_BATCH: usize = 100;
+const MIN_BATCH: usize = 10;
+const MAX_BATCH: usize = 5000;
+const MIN_PAUSE: Duration = Duration::from_millis(5);
 
 /// How long finished executions and events are kept; `None` keeps them forever.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -54,27 +59,49 @@ pub async fn purge(store: &dyn Store, retention: Retention, now: Timestamp) -> R
     let mut out = Purged::default();
     if let Some(ms) = retention.executions_ms {
         let before = now.saturating_sub(ms);
-        loop {
-            let n = store.purge_executions(before, BATCH).await?;
-            out.executions += n;
-            if (n as usize) < BATCH {
-                break;
-            }
-            tokio::time::sleep(PAUSE).await;
-        }
+        out.executions = paced(move |n| store.purge_executions(before, n)).await?;
     }
     if let Some(ms) = retention.events_ms {
         let before = now.saturating_sub(ms);
-        loop {
-            let n = store.purge_events(before, BATCH).await?;
-            out.events += n;
-            if (n as usize) < BATCH {
-                break;
-            }
-            tokio::time::sleep(PAUSE).await;
-        }
+        out.events = paced(move |n| store.purge_events(before, n)).await?;
     }
     Ok(out)
+}
+
+/// Run `delete(batch)` until it deletes fewer rows than asked, sizing each batch
+/// from the last one's time per row (see [`next_batch`]) and pausing after each
+/// for at least as long as it took.
+async fn paced<F, Fut>(mut delete: F) -> Result<u64>
+where
+    F: FnMut(usize) -> Fut,
+    Fut: std::future::Future<Output = Result<u64>>,
+{
+    let mut batch = FIRST_BATCH;
+    let mut total = 0;
+    loop {
+        let started = tokio::time::Instant::now();
+        let n = delete(batch).await?;
+        total += n;
+        if (n as usize) < batch {
+            return Ok(total);
+        }
+        let took = started.elapsed();
+        batch = next_batch(batch, took);
+        tokio::time::sleep(took.max(MIN_PAUSE)).await;
+    }
+}
+
+/// The batch that should take about [`HOLD`], given that `batch` rows took
+/// `took`: at most twice the last one, within [`MIN_BATCH`]..=[`MAX_BATCH`].
+fn next_batch(batch: usize, took: Duration) -> usize {
+    let per_row = took.as_secs_f64() / batch as f64;
+    let fits = if per_row > 0.0 {
+        (HOLD.as_secs_f64() / per_row) as usize
+    } else {
+        MAX_BATCH
+    };
+    fits.min(batch.saturating_mul(2))
+        .clamp(MIN_BATCH, MAX_BATCH)
 }
 
 /// Run a pass every [`RETENTION_EVERY`] (the first one soon after start) until
@@ -106,5 +133,54 @@ pub(crate) async fn run(store: Arc<dyn Store>, retention: Retention, cancel: Can
             }
             Err(e) => tracing::warn!(error = %e, "retention pass failed; trying again later"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_are_sized_to_the_hold() {
+        let ms = Duration::from_millis;
+        // 100 rows in 20 ms: 5 rows per ms, 50 fit in 10 ms.
+        assert_eq!(next_batch(100, ms(20)), 50);
+        // Fast rows: growth is at most twofold per batch, up to the cap.
+        assert_eq!(next_batch(100, ms(1)), 200);
+        assert_eq!(next_batch(4000, Duration::ZERO), MAX_BATCH);
+        // Very slow rows: never below the floor.
+        assert_eq!(next_batch(100, Duration::from_secs(5)), MIN_BATCH);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn paced_deletes_until_a_short_batch_and_pauses_between() {
+        let mut left = 1_000u64;
+        let mut asked = Vec::new();
+        let started = tokio::time::Instant::now();
+        let total = paced(|n| {
+            asked.push(n);
+            let took = left.min(n as u64);
+            left -= took;
+            async move {
+                // 0.1 ms per row.
+                tokio::time::sleep(Duration::from_micros(100 * took)).await;
+                Ok(took)
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(total, 1_000);
+        assert_eq!(left, 0);
+        assert_eq!(asked[0], FIRST_BATCH);
+        assert!(
+            asked.iter().all(|&n| n <= 100),
+            "10 ms hold at 0.1 ms per row is 100 rows: {asked:?}"
+        );
+        // 1000 rows of deleting (100 ms) and a pause as long after each full batch.
+        let elapsed = started.elapsed();
+        assert!(
+            elapsed >= Duration::from_millis(190),
+            "pauses between batches: {elapsed:?}"
+        );
     }
 }

@@ -676,7 +676,7 @@ async fn finished_executions_hold_no_timers() {
             if inv.capability == "hang" {
                 std::future::pending::<()>().await;
             }
-            if n.fetch_add(1, Ordering::SeqCst) % 2 == 0 {
+            if n.fetch_add(1, Ordering::SeqCst).is_multiple_of(2) {
                 Err(InvokeError::new("TEMP", "again", true))
             } else {
                 Ok(obj(json!({})))

@@ -66,6 +66,23 @@ pub(crate) fn spawn(dir: &Path) -> Proc {
 }
 
 impl Proc {
+    /// A server in `dir` with a fresh admin token, `env` added, and its stderr
+    /// written to `log`.
+    fn start_logging_to(dir: &Path, log: &Path, env: &[(&str, &str)]) -> Proc {
+        let admin = format!("admin-{}", uuid_like());
+        let mut cmd = serve_command(dir);
+        cmd.env("MAESTRO_ADMIN_TOKEN", &admin)
+            .envs(env.iter().copied())
+            .stderr(Stdio::from(std::fs::File::create(log).unwrap()));
+        let (child, base) = start_serve(&mut cmd);
+        Proc {
+            child,
+            base,
+            admin,
+            client: reqwest::Client::new(),
+        }
+    }
+
     pub(crate) async fn post(
         &self,
         path: &str,
@@ -245,19 +262,8 @@ async fn a_second_server_on_the_same_sqlite_file_is_refused() {
 async fn no_secret_reaches_the_log() {
     let dir = tempfile::tempdir().unwrap();
     let log_path = dir.path().join("stderr.log");
-    let admin = format!("admin-{}", uuid_like());
-    let (child, base) = start_serve(
-        serve_command(dir.path())
-            .env("MAESTRO_LOG", "debug")
-            .env("MAESTRO_ADMIN_TOKEN", &admin)
-            .stderr(Stdio::from(std::fs::File::create(&log_path).unwrap())),
-    );
-    let p = Proc {
-        child,
-        base,
-        admin: admin.clone(),
-        client: reqwest::Client::new(),
-    };
+    let p = Proc::start_logging_to(dir.path(), &log_path, &[("MAESTRO_LOG", "debug")]);
+    let admin = p.admin.clone();
     let (st, v) = p.post("/maestro/tokens", json!({"role": "operator"})).await;
     assert_eq!(st, StatusCode::CREATED, "{v}");
     let operator = v["secret"].as_str().unwrap().to_owned();
@@ -354,20 +360,11 @@ async fn no_secret_reaches_the_log() {
 async fn a_caught_panic_is_one_json_log_line() {
     let dir = tempfile::tempdir().unwrap();
     let log_path = dir.path().join("stderr.log");
-    let admin = format!("admin-{}", uuid_like());
-    let (child, base) = start_serve(
-        serve_command(dir.path())
-            .env("MAESTRO_LOG_FORMAT", "json")
-            .env("MAESTRO_ADMIN_TOKEN", &admin)
-            .env_remove("RUST_BACKTRACE")
-            .stderr(Stdio::from(std::fs::File::create(&log_path).unwrap())),
+    let p = Proc::start_logging_to(
+        dir.path(),
+        &log_path,
+        &[("MAESTRO_LOG_FORMAT", "json"), ("RUST_BACKTRACE", "0")],
     );
-    let p = Proc {
-        child,
-        base,
-        admin,
-        client: reqwest::Client::new(),
-    };
     let agent = Agent::start(|_| (200, json!({"outputs": {}}))).await;
     let (st, v) = p
         .post(
