@@ -18,7 +18,10 @@ cargo build -q -p maestro
 DATA="$(mktemp -d)"
 OUT="$DATA/stdout"
 ADMIN="st-$(date +%s%N)"
+# Agent endpoints, callbacks and subscriptions that the fuzzer makes up may only be
+# reached on loopback: nothing it generates is contacted beyond this machine.
 MAESTRO_ADMIN_TOKEN="$ADMIN" MAESTRO_LOG=warn MAESTRO_AUTH_FAILURES_PER_MINUTE=1000000 \
+  MAESTRO_OUTBOUND_ALLOW_LIST='["127.0.0.0/8"]' \
   target/debug/maestro serve --listen 127.0.0.1:0 --data-dir "$DATA" >"$OUT" 2>"$DATA/stderr" &
 PID=$!
 trap 'kill $PID 2>/dev/null || true; wait $PID 2>/dev/null || true; rm -rf "$DATA"' EXIT
@@ -33,7 +36,7 @@ BASE="$(sed -n 's/^maestro listening on //p' "$OUT")"
 "$VENV/bin/st" run "$BASE/maestro/openapi.json" \
   --header "Authorization: Bearer $ADMIN" \
   --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance \
-  --phases examples,coverage,fuzzing \
+  --phases examples,coverage,fuzzing,stateful \
   --max-examples "${ST_MAX_EXAMPLES:-50}" \
   --workers 1 \
   --no-color

@@ -190,6 +190,7 @@ fn build() -> Value {
             .or_default()
             .insert(r.method.as_str().to_ascii_lowercase(), Value::Object(op));
     }
+    add_links(&mut paths);
     let mut schemas: Map<String, Value> = generator.take_definitions(true).into_iter().collect();
     schemas.insert(
         "ApiError".into(),
@@ -219,6 +220,100 @@ fn build() -> Value {
             "schemas": schemas
         }
     })
+}
+
+/// OpenAPI links: what a created resource's id leads to. Clients can follow
+/// them, and stateful API fuzzing (schemathesis) chains the calls through them:
+/// (operation, success status, path parameter, where the answer holds it, the
+/// operations that take it).
+const LINKS: &[(&str, u16, &str, &str, &[&str])] = &[
+    (
+        "registerAgent",
+        201,
+        "agentId",
+        "/agent/id",
+        &[
+            "getAgent",
+            "upsertAgent",
+            "deregisterAgent",
+            "updateAgentStatus",
+            "heartbeat",
+            "getAgentHealth",
+            "recordAgentHealth",
+            "pollTasks",
+        ],
+    ),
+    (
+        "defineWorkflow",
+        201,
+        "workflowId",
+        "/workflow/id",
+        &[
+            "getWorkflow",
+            "updateWorkflow",
+            "deleteWorkflow",
+            "executeWorkflow",
+        ],
+    ),
+    (
+        "executeWorkflow",
+        202,
+        "executionId",
+        "/execution/id",
+        &[
+            "getExecution",
+            "cancelExecution",
+            "pauseExecution",
+            "resumeExecution",
+        ],
+    ),
+    (
+        "executeWorkflow",
+        200,
+        "executionId",
+        "/execution/id",
+        &["getExecution", "cancelExecution"],
+    ),
+    (
+        "executeWorkflow",
+        202,
+        "correlationId",
+        "/execution/context/correlationId",
+        &["getEventsByCorrelation"],
+    ),
+    ("createToken", 201, "tokenId", "/token/id", &["revokeToken"]),
+    (
+        "createSubscription",
+        201,
+        "subscriptionId",
+        "/subscription/id",
+        &["deleteSubscription"],
+    ),
+];
+
+fn add_links(paths: &mut BTreeMap<String, Map<String, Value>>) {
+    for (from, status, param, pointer, targets) in LINKS {
+        let Some(response) = paths
+            .values_mut()
+            .flat_map(|ops| ops.values_mut())
+            .find(|op| op["operationId"] == *from)
+            .and_then(|op| op["responses"].get_mut(status.to_string()))
+        else {
+            continue;
+        };
+        let links = response
+            .as_object_mut()
+            .map(|r| r.entry("links").or_insert_with(|| json!({})));
+        if let Some(Value::Object(links)) = links {
+            for target in *targets {
+                links.insert(
+                    format!("{target}:{param}"),
+                    json!({"operationId": target,
+                           "parameters": {*param: format!("$response.body#{pointer}")}}),
+                );
+            }
+        }
+    }
 }
 
 /// A success answer that is not JSON. An event stream is described one event
