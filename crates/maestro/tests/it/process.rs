@@ -66,6 +66,18 @@ pub(crate) fn spawn(dir: &Path) -> Proc {
 }
 
 impl Proc {
+    /// Register push agent `id` at `endpoint` with the one capability `work`.
+    async fn register_worker(&self, id: &str, endpoint: &str) {
+        let (st, v) = self
+            .post(
+                "/maestro/agents",
+                json!({"id": id, "type": "worker", "endpoint": endpoint,
+                       "capabilities": [{"id": "work"}]}),
+            )
+            .await;
+        assert_eq!(st, StatusCode::CREATED, "{v}");
+    }
+
     /// A server in `dir` with a fresh admin token, `env` added, and its stderr
     /// written to `log`.
     fn start_logging_to(dir: &Path, log: &Path, env: &[(&str, &str)]) -> Proc {
@@ -120,14 +132,7 @@ impl Proc {
 }
 
 async fn setup_chain(p: &Proc, agent: &Agent, steps: usize) {
-    let (st, v) = p
-        .post(
-            "/maestro/agents",
-            json!({"id": "worker", "type": "worker", "endpoint": agent.endpoint(),
-                   "capabilities": [{"id": "work"}]}),
-        )
-        .await;
-    assert_eq!(st, StatusCode::CREATED, "{v}");
+    p.register_worker("worker", &agent.endpoint()).await;
     let chain: Vec<_> = (0..steps)
         .map(|i| {
             let mut s = json!({"id": format!("s{i}"), "agentId": "worker", "capability": "work",
@@ -366,14 +371,7 @@ async fn a_caught_panic_is_one_json_log_line() {
         &[("MAESTRO_LOG_FORMAT", "json"), ("RUST_BACKTRACE", "0")],
     );
     let agent = Agent::start(|_| (200, json!({"outputs": {}}))).await;
-    let (st, v) = p
-        .post(
-            "/maestro/agents",
-            json!({"id": "w", "type": "worker", "endpoint": agent.endpoint(),
-                   "capabilities": [{"id": "work"}]}),
-        )
-        .await;
-    assert_eq!(st, StatusCode::CREATED, "{v}");
+    p.register_worker("w", &agent.endpoint()).await;
     let (st, v) = p
         .post(
             "/maestro/workflows",
