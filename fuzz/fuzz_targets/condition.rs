@@ -4,20 +4,14 @@
 //! a stack overflow or a hang.
 #![no_main]
 
-/// Like production: the CEL library's panics are caught (`catch_unwind` in
-/// `choreography::cel`) and become errors. libfuzzer-sys's panic hook would
-/// abort on those too; a panic that escapes still aborts (libfuzzer-sys catches
-/// it at the target's boundary).
-fn quiet_caught_panics() {
-    std::panic::set_hook(Box::new(|_| {}));
-}
+mod caught_panics;
 
 use libfuzzer_sys::fuzz_target;
 use maestro_core::choreography::{Scope, evaluate_condition};
 use maestro_core::model::ExecutionCondition;
 use serde_json::{Map, Value};
 
-fuzz_target!(init: quiet_caught_panics(), |data: &[u8]| {
+fuzz_target!(init: caught_panics::quiet(), |data: &[u8]| {
     let Ok(Value::Object(doc)) = serde_json::from_slice::<Value>(data) else {
         return;
     };

@@ -3,24 +3,19 @@
 //! evaluates code; it must never panic whatever the paths and values.
 #![no_main]
 
-/// Like production: the CEL library's panics are caught (`catch_unwind` in
-/// `choreography::cel`) and become errors. libfuzzer-sys's panic hook would
-/// abort on those too; a panic that escapes still aborts (libfuzzer-sys catches
-/// it at the target's boundary).
-fn quiet_caught_panics() {
-    std::panic::set_hook(Box::new(|_| {}));
-}
-
 use libfuzzer_sys::fuzz_target;
 use maestro_core::choreography::{Scope, substitute_variables};
 use serde_json::{Map, Value};
 
-fuzz_target!(init: quiet_caught_panics(), |data: &[u8]| {
+fuzz_target!(|data: &[u8]| {
     let Ok(Value::Object(doc)) = serde_json::from_slice::<Value>(data) else {
         return;
     };
     let object = |k: &str| -> Map<String, Value> {
-        doc.get(k).and_then(Value::as_object).cloned().unwrap_or_default()
+        doc.get(k)
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default()
     };
     let inputs = object("inputs");
     let variables = object("variables");

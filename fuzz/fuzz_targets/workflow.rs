@@ -3,13 +3,7 @@
 //! the workflow's initial inputs. Nothing may panic or overflow the stack.
 #![no_main]
 
-/// Like production: the CEL library's panics are caught (`catch_unwind` in
-/// `choreography::cel`) and become errors. libfuzzer-sys's panic hook would
-/// abort on those too; a panic that escapes still aborts (libfuzzer-sys catches
-/// it at the target's boundary).
-fn quiet_caught_panics() {
-    std::panic::set_hook(Box::new(|_| {}));
-}
+mod caught_panics;
 
 use libfuzzer_sys::fuzz_target;
 use maestro_core::choreography::{
@@ -17,7 +11,7 @@ use maestro_core::choreography::{
 };
 use maestro_core::model::Workflow;
 
-fuzz_target!(init: quiet_caught_panics(), |data: &[u8]| {
+fuzz_target!(init: caught_panics::quiet(), |data: &[u8]| {
     let parsed: Option<Workflow> = match data.first() {
         Some(b'#') => serde_norway::from_slice(data).ok(),
         _ => serde_json::from_slice(data).ok(),
