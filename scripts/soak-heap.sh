@@ -17,7 +17,8 @@ interpret="$libdir/libexec/heaptrack_interpret"
 [ -f "$preload" ] && [ -x "$interpret" ] || { echo "soak-heap: heaptrack's library not found in $libdir" >&2; exit 2; }
 if [ "$#" -eq 0 ]; then set -- --minutes 10 --rate 200; fi
 
-cargo build --release -q -p maestro --bins --examples
+# The system allocator: heaptrack hooks malloc, which the default jemalloc build bypasses.
+cargo build --release -q -p maestro --no-default-features --features postgres --bins --examples
 out="$PWD/target/soak-heap"
 rm -rf "$out" && mkdir -p "$out/examples"
 # The soak example starts the `maestro` next to its profile directory: here, a wrapper

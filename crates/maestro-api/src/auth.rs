@@ -9,6 +9,11 @@
 //! Records are cached in memory for [`CACHE_TTL_MS`] so that a request costs
 //! no store read; a revocation through this server takes effect at once, one
 //! through another server of a cluster within the TTL.
+//!
+//! The ids of all tokens are kept in memory too ([`KNOWN_IDS_TTL_MS`]), so
+//! that a guessed id costs no store read: only an id that exists is looked up.
+//! The set is read again when a cluster signal says a token was created or
+//! revoked elsewhere, and at least every [`KNOWN_IDS_TTL_MS`].
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -24,6 +29,10 @@ use crate::error::ApiError;
 
 /// How long a token record is trusted without reading the store again.
 pub const CACHE_TTL_MS: u64 = 5_000;
+/// How long the in-memory set of token ids is trusted without reading the
+/// store again (tokens created through another node of a cluster are known at
+/// once through its signal, at the latest after this).
+pub const KNOWN_IDS_TTL_MS: u64 = 60_000;
 /// Name of the token generated at first start.
 pub const BOOTSTRAP_NAME: &str = "bootstrap-admin";
 
@@ -142,11 +151,22 @@ struct Cached {
     fetched_at: Timestamp,
 }
 
+/// Every token id in the store, as of `loaded_at` (`None`: read it again).
+#[derive(Default)]
+struct KnownIds {
+    ids: std::collections::HashSet<String>,
+    loaded_at: Option<Timestamp>,
+}
+
 /// Authenticates bearer tokens. Cheap to clone.
 #[derive(Clone)]
 pub struct Auth {
     store: Arc<dyn Store>,
     cache: Arc<RwLock<HashMap<String, Cached>>>,
+    known: Arc<RwLock<KnownIds>>,
+    /// One reader of the id set at a time: a flood of guesses arriving while
+    /// it is stale reads the store once, not once per guess.
+    reload: Arc<tokio::sync::Mutex<()>>,
     /// `MAESTRO_ADMIN_TOKEN`'s digest, when set: any string is accepted.
     fixed_admin: Option<[u8; 32]>,
 }
@@ -164,6 +184,8 @@ impl Auth {
         Auth {
             store,
             cache: Arc::default(),
+            known: Arc::default(),
+            reload: Arc::default(),
             fixed_admin: fixed_admin_token.map(digest),
         }
     }
@@ -179,6 +201,11 @@ impl Auth {
     ) -> Result<Minted, ApiError> {
         let minted = mint(role, agent_id, name, expires_at, now);
         self.store.insert_token(&minted.record).await?;
+        self.known
+            .write()
+            .expect("token ids")
+            .ids
+            .insert(minted.record.id.clone());
         Ok(minted)
     }
 
@@ -189,14 +216,16 @@ impl Auth {
         Ok(done)
     }
 
-    /// Drop a token from the cache (revoked through another node).
+    /// Drop a token from the cache (created or revoked through another node).
     pub fn forget(&self, id: &str) {
         self.cache.write().expect("token cache").remove(id);
+        self.known.write().expect("token ids").loaded_at = None;
     }
 
     /// Drop every cached token (cluster signals may have been missed).
     pub fn forget_all(&self) {
         self.cache.write().expect("token cache").clear();
+        self.known.write().expect("token ids").loaded_at = None;
     }
 
     pub async fn list(&self) -> Result<Vec<TokenRecord>, ApiError> {
@@ -234,10 +263,13 @@ impl Auth {
                 "missing Authorization: Bearer <token>".into(),
             ));
         };
+        // The scheme is case-insensitive (RFC 9110 §11.1).
         let token = header
-            .strip_prefix("Bearer ")
-            .or_else(|| header.strip_prefix("bearer "))
-            .map(str::trim)
+            .trim_start()
+            .split_once([' ', '\t'])
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim())
+            .filter(|token| !token.is_empty())
             .ok_or_else(|| {
                 ApiError::Unauthorized("expected Authorization: Bearer <token>".into())
             })?;
@@ -283,7 +315,7 @@ impl Auth {
         {
             return Ok(Some(c.record.clone()));
         }
-        if !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        if !id.bytes().all(|b| b.is_ascii_hexdigit()) || !self.is_known(id, now).await? {
             return Ok(None);
         }
         let found = self.store.get_token(id).await?;
@@ -306,6 +338,43 @@ impl Auth {
             }
         }
         Ok(found)
+    }
+}
+
+impl Auth {
+    /// `id` is the id of a stored token (revoked or not), from the in-memory
+    /// set, read again from the store when stale.
+    async fn is_known(&self, id: &str, now: Timestamp) -> Result<bool, ApiError> {
+        let fresh = |k: &KnownIds| {
+            k.loaded_at
+                .is_some_and(|at| now.saturating_sub(at) < KNOWN_IDS_TTL_MS)
+        };
+        {
+            let k = self.known.read().expect("token ids");
+            if fresh(&k) {
+                return Ok(k.ids.contains(id));
+            }
+        }
+        let _one_reader = self.reload.lock().await;
+        {
+            let k = self.known.read().expect("token ids");
+            if fresh(&k) {
+                return Ok(k.ids.contains(id));
+            }
+        }
+        let ids = self
+            .store
+            .list_tokens()
+            .await?
+            .into_iter()
+            .map(|t| t.id)
+            .collect();
+        let mut k = self.known.write().expect("token ids");
+        *k = KnownIds {
+            ids,
+            loaded_at: Some(now),
+        };
+        Ok(k.ids.contains(id))
     }
 }
 
@@ -344,12 +413,50 @@ mod tests {
         assert_eq!(a.record.secret_hash, hex(&digest(parts[2])));
         assert!(!a.record.secret_hash.contains(parts[2]));
     }
+
+    #[tokio::test]
+    async fn unknown_ids_are_answered_from_memory() {
+        use maestro_core::ports::TokenStore;
+        let store = Arc::new(maestro_store::MemoryStore::new());
+        let auth = Auth::new(store.clone(), None);
+        let now = 1_000;
+        let real = auth
+            .create(Role::Reader, None, "r".into(), None, now)
+            .await
+            .unwrap();
+        let header = format!("Bearer {}", real.secret);
+        assert!(auth.authenticate(Some(&header), now).await.is_ok());
+        // A token written to the store behind this server's back (as another
+        // node would, before its signal arrives) is unknown here: proof that a
+        // guessed id is refused without a store read.
+        let behind = mint(Role::Admin, None, "a".into(), None, now);
+        store.insert_token(&behind.record).await.unwrap();
+        let header = format!("Bearer {}", behind.secret);
+        assert!(matches!(
+            auth.authenticate(Some(&header), now + 1).await,
+            Err(ApiError::Unauthorized(_))
+        ));
+        // Its signal (or the refresh) makes it known.
+        auth.forget(&behind.record.id);
+        assert!(auth.authenticate(Some(&header), now + 2).await.is_ok());
+        let later = mint(Role::Admin, None, "b".into(), None, now);
+        store.insert_token(&later.record).await.unwrap();
+        let header = format!("Bearer {}", later.secret);
+        assert!(
+            auth.authenticate(Some(&header), now + 2 + KNOWN_IDS_TTL_MS)
+                .await
+                .is_ok(),
+            "read again after the TTL"
+        );
+    }
 }
 
-/// Failed authentications per client address (docs/SECURITY.md): an address
-/// that failed `limit` times within a minute is refused (429 `RATE_LIMITED`)
-/// until that minute is over, valid token or not, so that guessing tokens
-/// costs a minute per `limit` guesses. Successes do not reset the count.
+/// Failed authentications per client address (docs/SECURITY.md). A token is
+/// always verified first and a valid one is served: the limit never refuses a
+/// request that authenticates. Once an address has failed `limit` times within
+/// a minute (counted from its first failure), its further *failing* requests
+/// get 429 `RATE_LIMITED` instead of 401 until that minute is over, so that
+/// scanning for tokens is slow and visible.
 #[derive(Debug)]
 pub struct FailureLimiter {
     limit: u32,
@@ -369,16 +476,9 @@ impl FailureLimiter {
         }
     }
 
-    /// `Some(seconds to wait)` when `ip` is refused now.
-    pub fn blocked(&self, ip: std::net::IpAddr, now: Timestamp) -> Option<u64> {
-        let w = self.windows.lock().expect("failure limiter");
-        let (n, start) = *w.get(&ip)?;
-        let end = start + FAILURE_WINDOW_MS;
-        (n >= self.limit && now < end).then(|| (end - now).div_ceil(1000).max(1))
-    }
-
-    /// Count a failed authentication of `ip`.
-    pub fn failed(&self, ip: std::net::IpAddr, now: Timestamp) {
+    /// Count a failed authentication of `ip`: `None` while it is within the
+    /// limit (answer 401), else `Some(seconds until the window ends)` (429).
+    pub fn failed(&self, ip: std::net::IpAddr, now: Timestamp) -> Option<u64> {
         let mut w = self.windows.lock().expect("failure limiter");
         if w.len() >= FAILURE_SWEEP_AT {
             w.retain(|_, (_, start)| now < *start + FAILURE_WINDOW_MS);
@@ -388,6 +488,8 @@ impl FailureLimiter {
             *e = (0, now);
         }
         e.0 = e.0.saturating_add(1);
+        let end = e.1 + FAILURE_WINDOW_MS;
+        (e.0 > self.limit).then(|| (end - now).div_ceil(1000).max(1))
     }
 }
 
@@ -396,23 +498,20 @@ mod limiter_tests {
     use super::*;
 
     #[test]
-    fn an_address_is_refused_after_the_limit_until_its_minute_ends() {
+    fn failures_past_the_limit_are_refused_until_the_minute_ends() {
         let l = FailureLimiter::new(3);
         let a: std::net::IpAddr = "10.0.0.1".parse().unwrap();
         let b: std::net::IpAddr = "10.0.0.2".parse().unwrap();
         for t in 0..3 {
-            assert_eq!(l.blocked(a, 1000 + t), None);
-            l.failed(a, 1000 + t);
+            assert_eq!(l.failed(a, 1000 + t), None, "failure {t} is a 401");
         }
-        assert_eq!(l.blocked(a, 1003), Some(60));
-        assert_eq!(l.blocked(b, 1003), None, "per address");
-        assert_eq!(l.blocked(a, 1000 + FAILURE_WINDOW_MS - 1), Some(1));
-        assert_eq!(l.blocked(a, 1000 + FAILURE_WINDOW_MS), None, "a new minute");
-        l.failed(a, 1000 + FAILURE_WINDOW_MS);
+        assert_eq!(l.failed(a, 1003), Some(60));
+        assert_eq!(l.failed(b, 1003), None, "per address");
+        assert_eq!(l.failed(a, 1000 + FAILURE_WINDOW_MS - 1), Some(1));
         assert_eq!(
-            l.blocked(a, 1000 + FAILURE_WINDOW_MS),
+            l.failed(a, 1000 + FAILURE_WINDOW_MS),
             None,
-            "counting again from 1"
+            "a new minute counts again from 1"
         );
     }
 }

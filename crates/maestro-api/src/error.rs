@@ -27,6 +27,15 @@ pub enum ApiError {
         message: String,
         field: Option<String>,
     },
+    /// A URL Maestro would call (agent endpoint, callback, subscription) to a
+    /// destination the outbound rules refuse (400 `OUTBOUND_REFUSED`), with
+    /// `details.field` and, for a workflow step's callback, `details.stepId`.
+    #[error("{message}")]
+    OutboundRefused {
+        message: String,
+        field: String,
+        step_id: Option<String>,
+    },
     #[error("{0}")]
     Unauthorized(String),
     #[error("{0}")]
@@ -80,6 +89,22 @@ impl ApiError {
                 message.clone(),
                 field_details(field),
             ),
+            A::OutboundRefused {
+                message,
+                field,
+                step_id,
+            } => {
+                let mut details = json!({ "field": field });
+                if let Some(step) = step_id {
+                    details["stepId"] = json!(step);
+                }
+                (
+                    StatusCode::BAD_REQUEST,
+                    "OUTBOUND_REFUSED",
+                    message.clone(),
+                    Some(details),
+                )
+            }
             A::Unauthorized(m) => (StatusCode::UNAUTHORIZED, "UNAUTHORIZED", m.clone(), None),
             A::Forbidden(m) => (StatusCode::FORBIDDEN, "FORBIDDEN", m.clone(), None),
             A::NoRoute(_) => (StatusCode::NOT_FOUND, "NOT_FOUND", self.to_string(), None),

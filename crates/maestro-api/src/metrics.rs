@@ -49,6 +49,18 @@ pub fn handle() -> PrometheusHandle {
                 "maestro_http_request_duration_seconds",
                 "HTTP request latency by route template, method and status"
             );
+            metrics::describe_gauge!(
+                "maestro_http_connections_open",
+                "Client connections open (at most maxConnections)"
+            );
+            metrics::describe_counter!(
+                "maestro_http_connections_refused_total",
+                "Client connections refused at the maxConnections cap (answered 503 and closed)"
+            );
+            metrics::describe_counter!(
+                "maestro_http_connection_timeouts_total",
+                "Client connections closed by a timeout: kind=header (headerReadTimeoutMs) or idle (keepAliveIdleTimeoutMs)"
+            );
             handle
         })
         .clone()

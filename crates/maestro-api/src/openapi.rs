@@ -18,10 +18,16 @@ fn common_errors(access: Access, has_body: bool, has_query: bool) -> Vec<(u16, &
             400,
             "Bad input: INVALID_JSON, VALIDATION_FAILED (details.field names the field) or a validation code",
         ));
+    } else if access != Access::Public {
+        v.push((
+            400,
+            "VALIDATION_FAILED: more than one Authorization header (details.field Authorization)",
+        ));
     }
     if access != Access::Public {
         v.push((401, "UNAUTHORIZED: no, unknown, revoked or expired token"));
         v.push((403, "FORBIDDEN: the token's role may not do this"));
+        v.push((429, RATE_LIMITED));
     }
     if has_body {
         v.push((413, "PAYLOAD_TOO_LARGE: body over maxBodyBytes"));
@@ -30,11 +36,20 @@ fn common_errors(access: Access, has_body: bool, has_query: bool) -> Vec<(u16, &
     v
 }
 
+/// Answered instead of 401 once an address failed authentication too often.
+const RATE_LIMITED: &str = "RATE_LIMITED: this request failed authentication and its address \
+     already failed authFailuresPerMinute times within the minute (Retry-After says when the \
+     minute ends); a request with a valid token is never refused this way";
+
 fn error_text(status: u16) -> &'static str {
     match status {
         404 => "NOT_FOUND",
         409 => "Conflict: ALREADY_EXISTS, INVALID_STATE or IDEMPOTENCY_KEY_REUSED",
-        429 => "QUEUE_FULL: too many executions queued",
+        429 => {
+            "QUEUE_FULL: too many executions queued; or RATE_LIMITED: this request failed \
+             authentication and its address already failed authFailuresPerMinute times within \
+             the minute (Retry-After)"
+        }
         503 => "NOT_READY: starting, draining or the store is unreachable",
         _ => "Error",
     }
@@ -89,7 +104,7 @@ fn build() -> Value {
         }
         if r.operation_id == "executeWorkflow" {
             params.push(json!({"name": "Idempotency-Key", "in": "header", "required": false,
-                "description": "Scoped to the workflow, kept 24 h; the same key with another body is 409 IDEMPOTENCY_KEY_REUSED.",
+                "description": "Scoped to the workflow: one execution per key. Claimed for 24 h or until its execution finished, whichever is later; a replay answers that execution (200), the same key with another body is 409 IDEMPOTENCY_KEY_REUSED.",
                 "schema": {"type": "string", "minLength": 1, "maxLength": 255}}));
         }
         if r.operation_id == "streamEvents" {

@@ -44,8 +44,11 @@ const USER_AGENT: &str = concat!("maestro/", env!("CARGO_PKG_VERSION"));
 /// Which hosts and addresses outbound requests may target (`outboundAllowList`).
 ///
 /// Every address a request would connect to is checked with [`AllowList::allows`].
-/// Link-local and cloud-metadata addresses (169.254.0.0/16, fe80::/10) are
-/// refused in every mode, even when listed.
+/// Link-local and cloud-metadata addresses (169.254.0.0/16, fe80::/10),
+/// 192.0.0.0/24 and non-unicast addresses are refused in every mode, even when
+/// listed; so is an IPv6 address that embeds such an IPv4 address
+/// (IPv4-compatible, 6to4, NAT64), which is otherwise judged as the worse of
+/// itself and the IPv4 address it embeds.
 #[derive(Debug, Clone)]
 pub struct AllowList {
     mode: Mode,
@@ -66,7 +69,7 @@ enum Mode {
 /// What an address is, for the default policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum AddrClass {
-    /// Link-local/metadata, or not unicast: never contacted.
+    /// Link-local/metadata, 192.0.0.0/24, or not unicast: never contacted.
     Forbidden,
     /// Loopback, private, "this host" and shared (CGNAT) ranges.
     Local,
@@ -148,7 +151,7 @@ impl AllowList {
                 };
                 let why = match (classify(ip), &self.mode) {
                     (AddrClass::Forbidden, _) => {
-                        "link-local, metadata and non-unicast addresses are always refused"
+                        "link-local, metadata, 192.0.0.0/24 and non-unicast addresses (also embedded in IPv6) are always refused"
                     }
                     (_, Mode::Default { .. }) => {
                         "loopback and private addresses are refused unless the server listens on loopback"
@@ -185,31 +188,95 @@ const METADATA_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x0ec2, 0, 0, 0, 0, 0, 0x025
 const METADATA_V4: Ipv4Addr = Ipv4Addr::new(100, 100, 100, 200);
 
 fn classify(ip: IpAddr) -> AddrClass {
-    match canonical(ip) {
-        IpAddr::V4(v4) => {
-            let [a, b, ..] = v4.octets();
-            // 0.0.0.0/8 "this network": connecting to 0.0.0.0 reaches the local host.
-            let this_network = a == 0;
-            // 100.64.0.0/10, shared address space (carrier-grade NAT).
-            let shared = a == 100 && (b & 0xc0) == 64;
-            if v4.is_link_local() || v4.is_multicast() || v4.is_broadcast() || v4 == METADATA_V4 {
-                AddrClass::Forbidden
-            } else if v4.is_loopback() || v4.is_private() || this_network || shared {
-                AddrClass::Local
-            } else {
-                AddrClass::Public
-            }
-        }
-        IpAddr::V6(v6) => {
-            let first = v6.segments()[0];
-            if (first & 0xffc0) == 0xfe80 || v6.is_multicast() || v6 == METADATA_V6 {
-                AddrClass::Forbidden
-            } else if v6.is_loopback() || v6.is_unspecified() || (first & 0xfe00) == 0xfc00 {
-                AddrClass::Local
-            } else {
-                AddrClass::Public
-            }
-        }
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => classify_v4(v4),
+        // An IPv6 address that carries an IPv4 address is at least as bad as
+        // that address: `[2002:a9fe:a9fe::1]` must not reach 169.254.169.254
+        // through a 6to4 relay, nor `[64:ff9b::7f00:1]` loopback through NAT64.
+        IpAddr::V6(v6) => embedded_v4(v6)
+            .into_iter()
+            .flatten()
+            .map(classify_v4)
+            .fold(classify_v6(v6), worse),
+    }
+}
+
+fn classify_v4(v4: Ipv4Addr) -> AddrClass {
+    let [a, b, c, _] = v4.octets();
+    // 0.0.0.0/8 "this network": connecting to 0.0.0.0 reaches the local host.
+    let this_network = a == 0;
+    // 100.64.0.0/10, shared address space (carrier-grade NAT).
+    let shared = a == 100 && (b & 0xc0) == 64;
+    // 192.0.0.0/24, IETF protocol assignments: no webhook receiver lives
+    // there, and 192.0.0.192 is Oracle Cloud's metadata service.
+    let protocol_assignments = a == 192 && b == 0 && c == 0;
+    if v4.is_link_local()
+        || v4.is_multicast()
+        || v4.is_broadcast()
+        || v4 == METADATA_V4
+        || protocol_assignments
+    {
+        AddrClass::Forbidden
+    } else if v4.is_loopback() || v4.is_private() || this_network || shared {
+        AddrClass::Local
+    } else {
+        AddrClass::Public
+    }
+}
+
+fn classify_v6(v6: Ipv6Addr) -> AddrClass {
+    let s = v6.segments();
+    let first = s[0];
+    // 64:ff9b:1::/48, local-use NAT64 (RFC 8215): a translator of the local
+    // network, like a unique local address.
+    let local_nat64 = s[..3] == [0x64, 0xff9b, 1];
+    if (first & 0xffc0) == 0xfe80 || v6.is_multicast() || v6 == METADATA_V6 {
+        AddrClass::Forbidden
+    } else if v6.is_loopback() || v6.is_unspecified() || (first & 0xfe00) == 0xfc00 || local_nat64 {
+        AddrClass::Local
+    } else {
+        AddrClass::Public
+    }
+}
+
+/// The more refused of two classes.
+fn worse(a: AddrClass, b: AddrClass) -> AddrClass {
+    let rank = |c| match c {
+        AddrClass::Public => 0,
+        AddrClass::Local => 1,
+        AddrClass::Forbidden => 2,
+    };
+    if rank(b) > rank(a) { b } else { a }
+}
+
+/// The IPv4 addresses an IPv6 address may lead to (IPv4-mapped addresses are
+/// turned into IPv4 before): IPv4-compatible `::a.b.c.d` (and SIIT's
+/// `::ffff:0:a.b.c.d`), 6to4 `2002:AABB:CCDD::/48`, and NAT64: the well-known
+/// `64:ff9b::/96`, and the local-use `64:ff9b:1::/48`, inside which a network
+/// may place its translator's prefix at any RFC 6052 length (48, 56, 64 or
+/// 96 bits), so every position is judged (the range is local anyway: the
+/// positions only decide whether it is refused always).
+fn embedded_v4(v6: Ipv6Addr) -> [Option<Ipv4Addr>; 4] {
+    let s = v6.segments();
+    let o = v6.octets();
+    let v4 = |a: u8, b: u8, c: u8, d: u8| Some(Ipv4Addr::new(a, b, c, d));
+    let last = v4(o[12], o[13], o[14], o[15]);
+    let compatible = s[..6] == [0; 6] && !v6.is_loopback() && !v6.is_unspecified();
+    let siit = s[..6] == [0, 0, 0, 0, 0xffff, 0];
+    let nat64 = s[..6] == [0x64, 0xff9b, 0, 0, 0, 0];
+    if compatible || siit || nat64 {
+        [last, None, None, None]
+    } else if s[0] == 0x2002 {
+        [v4(o[2], o[3], o[4], o[5]), None, None, None]
+    } else if s[..3] == [0x64, 0xff9b, 1] {
+        [
+            v4(o[6], o[7], o[9], o[10]),
+            v4(o[7], o[9], o[10], o[11]),
+            v4(o[9], o[10], o[11], o[12]),
+            last,
+        ]
+    } else {
+        [None; 4]
     }
 }
 
@@ -467,6 +534,125 @@ pub fn check_url(allow: &AllowList, url: &str) -> Result<reqwest::Url, OutboundE
     }
     Ok(parsed)
 }
+
+// ---------------------------------------------------------------------------
+// URLs given to the API
+// ---------------------------------------------------------------------------
+
+/// Vet a URL that Maestro will call, when the API is given it (an agent's
+/// `endpoint`, a `callback` handler's action, a subscription's `url`): what
+/// would be refused at call time is refused now, with the same rules.
+///
+/// - No credentials: no userinfo (`user:password@`), and no query parameter
+///   whose name says it carries one ([`credential_param`]). Readers see these
+///   URLs and they reach logs (without their query, see
+///   [`maestro_core::url::shown`]); secrets belong in `inboundSecret` or the
+///   webhook signature.
+/// - [`check_url`]: `http(s)` with a host, and an IP-literal host allowed by
+///   `allow`. A host name is not resolved here: what it resolves to is checked
+///   at each call, when it is connected to.
+///
+/// [`OutboundError::InvalidUrl`] for a malformed URL or one with credentials,
+/// [`OutboundError::Refused`] for a literal address the allow-list refuses.
+/// No message holds the URL.
+pub fn check_new_url(allow: &AllowList, url: &str) -> Result<(), OutboundError> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| OutboundError::InvalidUrl(e.to_string()))?;
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err(OutboundError::InvalidUrl(
+            "credentials (user:password@) are not allowed in the URL".to_owned(),
+        ));
+    }
+    if let Some((name, _)) = parsed.query_pairs().find(|(k, _)| credential_param(k)) {
+        return Err(OutboundError::InvalidUrl(format!(
+            "query parameter {name:?} looks like a credential; credentials are not allowed in the URL"
+        )));
+    }
+    check_url(allow, url).map(|_| ())
+}
+
+/// [`check_new_url`] as an API answer: a malformed URL or one with
+/// credentials is 400 `VALIDATION_FAILED`, a refused destination 400
+/// `OUTBOUND_REFUSED`; both name `field`, and `step` for a callback.
+pub(crate) fn refuse_at_creation(
+    allow: &AllowList,
+    url: &str,
+    field: &str,
+    step: Option<&str>,
+) -> Result<(), crate::error::ApiError> {
+    match check_new_url(allow, url) {
+        Ok(()) => Ok(()),
+        Err(OutboundError::Refused(why)) => Err(crate::error::ApiError::OutboundRefused {
+            message: format!("{field}: destination refused by the outbound rules: {why}"),
+            field: field.to_owned(),
+            step_id: step.map(str::to_owned),
+        }),
+        Err(OutboundError::InvalidUrl(why) | OutboundError::Failed(why)) => {
+            let e = maestro_core::Error::validation(format!("{field}: {why}")).field(field);
+            Err(match step {
+                Some(id) => e.step(id),
+                None => e,
+            }
+            .into())
+        }
+    }
+}
+
+/// Whether a query parameter's name says it carries a credential. The name is
+/// split into words (at anything but letters and digits, and where a lower
+/// case letter meets an upper case one: `api_key`, `apiKey`, `X-Amz-Signature`)
+/// and refused when a word is one of [`CREDENTIAL_WORDS`] or ends in one of
+/// [`CREDENTIAL_SUFFIXES`] (`accesstoken`, `clientsecret`).
+pub fn credential_param(name: &str) -> bool {
+    let mut words: Vec<String> = Vec::new();
+    let mut word = String::new();
+    let mut prev_lower = false;
+    for c in name.chars() {
+        if !c.is_alphanumeric() {
+            words.push(std::mem::take(&mut word));
+            prev_lower = false;
+            continue;
+        }
+        if c.is_uppercase() && prev_lower {
+            words.push(std::mem::take(&mut word));
+        }
+        prev_lower = c.is_lowercase() || c.is_ascii_digit();
+        word.extend(c.to_lowercase());
+    }
+    words.push(word);
+    words.iter().any(|w| {
+        CREDENTIAL_WORDS.contains(&w.as_str()) || CREDENTIAL_SUFFIXES.iter().any(|s| w.ends_with(s))
+    })
+}
+
+/// Words of a query parameter name that refuse the URL (docs/SECURITY.md).
+pub const CREDENTIAL_WORDS: &[&str] = &[
+    "token",
+    "secret",
+    "password",
+    "passwd",
+    "pass",
+    "pwd",
+    "key",
+    "apikey",
+    "sig",
+    "signature",
+    "auth",
+    "authorization",
+    "credential",
+    "credentials",
+    "cred",
+    "creds",
+    "session",
+    "sid",
+    "jwt",
+    "bearer",
+    "code",
+    "otp",
+    "hmac",
+];
+
+/// Endings of such a word that refuse the URL too.
+pub const CREDENTIAL_SUFFIXES: &[&str] = &["token", "secret", "password", "key", "signature"];
 
 // ---------------------------------------------------------------------------
 // HttpOutbound

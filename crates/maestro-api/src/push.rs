@@ -13,7 +13,7 @@
 //! | 2xx, JSON object with an object `outputs` | `Ok(outputs)` | |
 //! | 2xx, anything else | `INVALID_AGENT_RESPONSE` | yes |
 //! | 2xx, body over `max_response_bytes` | `OUTPUT_TOO_LARGE` | no |
-//! | 4xx/5xx with `{"error": {"code", "message", "retryable"?}}` | that code and message | 5xx and 429 yes; other 4xx only with `retryable: true` |
+//! | 4xx/5xx with `{"error": {"code", "message", "retryable"?}}` | that code and message | a boolean `retryable` decides, for every status; without it 5xx and 429 yes, other 4xx no |
 //! | 4xx/5xx with another body | `AGENT_ERROR` (status and a snippet) | 429 and 5xx yes, other 4xx no |
 //! | 1xx/3xx (redirects are not followed) | `AGENT_ERROR` | no |
 //! | refused, reset, broken answer | `AGENT_UNREACHABLE` | yes |
@@ -450,9 +450,9 @@ fn classify(status: StatusCode, body: Body, max: usize) -> Result<Map<String, Va
         return Err(InvokeError {
             code: e.code,
             message: e.message,
-            // API.md: 5xx and 429 are retryable whatever the body says; a
-            // 4xx only when its body says `retryable: true`.
-            retryable: by_status || e.retryable.unwrap_or(false),
+            // API.md: the agent's own `retryable` decides, whatever the
+            // status; without it, 5xx and 429 are retried, other 4xx not.
+            retryable: e.retryable.unwrap_or(by_status),
             details: e.details,
         });
     }

@@ -1,29 +1,26 @@
 //! What a caller may see of `sensitive` outputs: admins everything, everyone
-//! else `"***"` (see `maestro_engine::redact`).
+//! else the sensitive values masked as `"***"` (the rule is in
+//! `maestro_engine::redact`).
 
-use maestro_core::model::{ChoreographyEvent, WorkflowExecution};
-pub use maestro_engine::redact::SensitiveIndex;
+use maestro_core::model::WorkflowExecution;
+use maestro_engine::redact::{EventMasker, SensitiveIndex};
 
 use crate::auth::Principal;
 use crate::state::AppState;
 
-/// `None` when nothing needs masking for this caller.
-pub fn index_for(s: &AppState, p: &Principal) -> Option<SensitiveIndex> {
-    if p.is_admin() {
-        return None;
-    }
-    SensitiveIndex::from_registry(s.maestro.registry())
-}
-
 /// An execution as `p` may see it.
 pub async fn execution(s: &AppState, p: &Principal, e: WorkflowExecution) -> WorkflowExecution {
-    match index_for(s, p) {
-        Some(idx) => maestro_engine::redact::execution(&s.maestro, &idx, e).await,
+    if p.is_admin() {
+        return e;
+    }
+    match SensitiveIndex::from_registry(s.maestro.registry()) {
+        Some(idx) => maestro_engine::redact::execution(&**s.maestro.store(), &idx, e).await,
         None => e,
     }
 }
 
-/// An event as the holder of `idx` may see it.
-pub fn event(idx: Option<&SensitiveIndex>, e: ChoreographyEvent) -> ChoreographyEvent {
-    maestro_engine::redact::event(idx, e)
+/// What masks events for `p` (a listing, a stream); `None` for admins.
+pub fn events(s: &AppState, p: &Principal) -> Option<EventMasker> {
+    (!p.is_admin())
+        .then(|| EventMasker::new(s.maestro.store().clone(), s.maestro.registry().clone()))
 }

@@ -25,6 +25,20 @@ pub struct ApiOptions {
     /// Failed authentications per client address and minute before it is
     /// refused with 429 for the rest of the minute (`authFailuresPerMinute`).
     pub auth_failures_per_minute: u32,
+    /// A request head must be complete within this long of the connection's
+    /// accept (or of its first byte on a kept-alive connection), ms
+    /// (`headerReadTimeoutMs`).
+    pub header_read_timeout_ms: u64,
+    /// A kept-alive connection with no request is closed this long after its
+    /// last response, ms (`keepAliveIdleTimeoutMs`).
+    pub keep_alive_idle_timeout_ms: u64,
+    /// Open connections at most; more are answered 503 and closed
+    /// (`maxConnections`).
+    pub max_connections: usize,
+    /// The outbound rules of the server's HTTP clients (`outboundAllowList`,
+    /// or the default for its listen address): a URL they would refuse is
+    /// refused when it is given (agent endpoint, callback, subscription).
+    pub outbound: crate::outbound::AllowList,
 }
 
 impl Default for ApiOptions {
@@ -36,6 +50,11 @@ impl Default for ApiOptions {
             sse_queue: 1024,
             sse_keepalive_ms: 15_000,
             auth_failures_per_minute: 30,
+            header_read_timeout_ms: 10_000,
+            keep_alive_idle_timeout_ms: 60_000,
+            max_connections: 10_000,
+            // The default server listens on loopback.
+            outbound: crate::outbound::AllowList::default_for_listen(true),
         }
     }
 }

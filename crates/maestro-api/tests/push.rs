@@ -377,7 +377,7 @@ async fn a_4xx_error_body_is_passed_on_not_retryable() {
 }
 
 #[tokio::test]
-async fn a_4xx_is_retried_only_when_its_body_says_so() {
+async fn an_explicit_retryable_decides_for_every_status() {
     let a = agent(|_| {
         answer(
             "409 Conflict",
@@ -395,8 +395,19 @@ async fn a_4xx_is_retried_only_when_its_body_says_so() {
         )
     })
     .await;
-    // API.md: a 5xx is retryable whatever its body says.
-    assert_failure(invoke(&a).await, "BROKEN", true);
+    // API.md: the agent's own `retryable` wins over the status.
+    assert_failure(invoke(&a).await, "BROKEN", false);
+
+    for status in ["429 Too Many Requests", "503 Service Unavailable"] {
+        let a = agent(move |_| {
+            answer(
+                status,
+                json!({"error": {"code": "QUOTA", "message": "gone", "retryable": false}}),
+            )
+        })
+        .await;
+        assert_failure(invoke(&a).await, "QUOTA", false);
+    }
 }
 
 #[tokio::test]

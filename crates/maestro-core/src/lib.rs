@@ -16,6 +16,7 @@ pub mod machine;
 pub mod model;
 pub mod ports;
 pub mod registry;
+pub mod url;
 
 pub use error::{Code, Error, Invalid, step_codes};
 

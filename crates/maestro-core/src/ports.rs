@@ -3,6 +3,7 @@
 //! ([`Invoker`]). Adapters implement them (`maestro-store`, `maestro-api`);
 //! the engine depends only on these traits.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -20,8 +21,14 @@ use crate::model::{
 // ---------------------------------------------------------------------------
 
 /// Everything that changes in one group commit: many executions' header rows,
-/// step rows and attempt rows, the events they publish, and execute idempotency
-/// keys. Committed in one transaction; events get their `seq` in commit order.
+/// step rows and attempt rows, the events they publish, and the execute
+/// idempotency keys claimed by the new executions. Committed in one transaction;
+/// events get their `seq` in commit order.
+///
+/// Claims are decided first, in order, inside the transaction (see
+/// [`KeyClaim`]): a new execution whose claim is lost is not written at all (its
+/// rows, events and lease are dropped, see [`Batch::drop_executions`]), and the
+/// rest of the batch commits as usual.
 #[derive(Debug, Default, Clone)]
 pub struct Batch {
     /// Execution header rows to upsert (their `stepExecutions` are ignored: steps
@@ -32,7 +39,9 @@ pub struct Batch {
     /// Attempt rows to upsert.
     pub attempts: Vec<AttemptRow>,
     pub events: Vec<NewEvent>,
-    pub idempotency_keys: Vec<IdempotencyRecord>,
+    /// Execute idempotency keys to claim (or probe), decided in order; the
+    /// answers come back in [`Committed::claims`], in the same order.
+    pub claims: Vec<KeyClaim>,
     /// Cluster mode only ([`ClusterStore`]): the execution leases this commit
     /// relies on, checks and changes, in the same transaction.
     pub fence: Option<LeaseFence>,
@@ -44,12 +53,145 @@ impl Batch {
             && self.steps.is_empty()
             && self.attempts.is_empty()
             && self.events.is_empty()
-            && self.idempotency_keys.is_empty()
+            && self.claims.is_empty()
             && self.fence.as_ref().is_none_or(LeaseFence::is_empty)
+    }
+
+    /// Remove everything of the executions `ids` from the batch: their header,
+    /// step and attempt rows, the events they publish and their leases. What a
+    /// store does with the new executions whose key claim was lost.
+    pub fn drop_executions(&mut self, ids: &HashSet<String>) {
+        if ids.is_empty() {
+            return;
+        }
+        self.executions
+            .retain(|h| !ids.contains(h.execution.id.as_str()));
+        self.steps
+            .retain(|r| !ids.contains(r.execution_id.as_str()));
+        self.attempts
+            .retain(|r| !ids.contains(r.execution_id.as_str()));
+        self.events
+            .retain(|e| e.execution_id.as_deref().is_none_or(|id| !ids.contains(id)));
+        if let Some(f) = &mut self.fence {
+            for list in [&mut f.held, &mut f.release, &mut f.queued] {
+                list.retain(|id| !ids.contains(id.as_str()));
+            }
+        }
+    }
+
+    /// The new executions of this batch that lost their key claim, given the
+    /// store's answers to [`claims`](Self::claims) (in order).
+    pub fn losers(&self, answers: &[Claimed]) -> HashSet<String> {
+        self.claims
+            .iter()
+            .zip(answers)
+            .filter_map(|(c, a)| match (&c.execution_id, a) {
+                (Some(id), Claimed::Taken { .. }) => Some(id.clone()),
+                _ => None,
+            })
+            .collect()
     }
 }
 
-/// The lease side of a cluster node's commit (DESIGN.md "Scale-out").
+/// What a commit made durable: the batch's events with their `seq` (without
+/// those of executions dropped for a lost claim), and the answer to each of the
+/// batch's [`KeyClaim`]s, in order.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Committed {
+    pub events: Vec<ChoreographyEvent>,
+    pub claims: Vec<Claimed>,
+}
+
+/// How long an execute `Idempotency-Key` claim lasts at least (24 h).
+pub const IDEMPOTENCY_TTL_MS: u64 = 24 * 3600 * 1000;
+
+/// A new execution's claim of an execute `Idempotency-Key` (scoped to the
+/// workflow), decided inside the commit that creates the execution, the same
+/// way on every store and across nodes sharing one:
+///
+/// - no claim of the key exists: it is inserted, pointing at `execution_id`
+///   ([`Claimed::Won`]);
+/// - a claim exists and has **expired** — its `expires_at` is at or before
+///   `now` **and** its execution finished (or no longer exists) — it is
+///   re-pointed at `execution_id`, with this claim's hash and times (`Won`);
+/// - otherwise the claim is live and holds the key: [`Claimed::Taken`] with
+///   its execution and request hash, and the new execution is not written.
+///
+/// A *probe* (`execution_id: None`) writes nothing: `Taken` when a live claim
+/// holds the key, else [`Claimed::Free`]. Claims of one batch are decided in
+/// order, so a second claim of a key in the same batch finds the first.
+/// `now` comes from the engine's clock (never the database's), which is what
+/// lets tests move time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyClaim {
+    pub workflow_id: String,
+    pub key: String,
+    /// Hash of the execute request, to tell a replay from a reuse.
+    pub request_hash: String,
+    /// The new execution the batch creates for this request; `None` for a probe.
+    pub execution_id: Option<String>,
+    /// The claim's `created_at`, and the time expiry is judged at.
+    pub now: Timestamp,
+    /// When the claim may expire (once its execution finished too):
+    /// `now` + [`IDEMPOTENCY_TTL_MS`].
+    pub expires_at: Timestamp,
+}
+
+/// The stored claim a [`KeyClaim`] meets, as the store reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldClaim {
+    pub execution_id: String,
+    pub request_hash: String,
+    pub expires_at: Timestamp,
+    /// Whether its execution is `pending`, `running` or `paused`.
+    pub unfinished: bool,
+}
+
+impl KeyClaim {
+    /// The rule of [`KeyClaim`], for stores that decide in code: what this
+    /// claim gets against `held` (the key's stored claim, if any).
+    pub fn decide(&self, held: Option<&HeldClaim>) -> Claimed {
+        match held {
+            Some(h) if self.execution_id.as_deref() == Some(h.execution_id.as_str()) => {
+                Claimed::Won
+            }
+            Some(h) if h.expires_at > self.now || h.unfinished => Claimed::Taken {
+                execution_id: h.execution_id.clone(),
+                request_hash: h.request_hash.clone(),
+            },
+            _ if self.execution_id.is_some() => Claimed::Won,
+            _ => Claimed::Free,
+        }
+    }
+
+    /// The record stored for a claim that won.
+    pub fn record(&self) -> Option<IdempotencyRecord> {
+        Some(IdempotencyRecord {
+            workflow_id: self.workflow_id.clone(),
+            key: self.key.clone(),
+            request_hash: self.request_hash.clone(),
+            execution_id: self.execution_id.clone()?,
+            created_at: self.now,
+            expires_at: self.expires_at,
+        })
+    }
+}
+
+/// A store's answer to a [`KeyClaim`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claimed {
+    /// The key now points at this claim's execution.
+    Won,
+    /// A live claim holds the key: its execution and the hash of its request.
+    Taken {
+        execution_id: String,
+        request_hash: String,
+    },
+    /// A probe found no live claim.
+    Free,
+}
+
+/// The lease side of a cluster node's commit (docs/ARCHITECTURE.md "Cluster mode").
 ///
 /// Within the committing transaction, before anything else: every lease of
 /// `held` must belong to `node_id` (each is renewed to `expires_at`), or the
@@ -100,7 +242,8 @@ pub struct AttemptRow {
     pub attempt: Attempt,
 }
 
-/// `Idempotency-Key` of an execute call, scoped to the workflow.
+/// A stored claim of an execute `Idempotency-Key`, scoped to the workflow
+/// (see [`KeyClaim`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdempotencyRecord {
     pub workflow_id: String,
@@ -109,6 +252,8 @@ pub struct IdempotencyRecord {
     pub request_hash: String,
     pub execution_id: String,
     pub created_at: Timestamp,
+    /// The claim lasts until then, and after that until its execution finished.
+    pub expires_at: Timestamp,
 }
 
 /// Filters of `GET /maestro/executions`.
@@ -185,9 +330,11 @@ pub trait WorkflowStore: Send + Sync {
 
 #[async_trait]
 pub trait ExecutionStore: Send + Sync {
-    /// Commit a batch in one transaction (one fsync). Returns the batch's events
-    /// with their `seq` assigned, in order.
-    async fn commit(&self, batch: Batch) -> Result<Vec<ChoreographyEvent>>;
+    /// Commit a batch in one transaction (one fsync): first its key claims
+    /// (dropping the new executions that lost theirs), then the rows and
+    /// events. Returns the events with their `seq` assigned, in order, and the
+    /// answer to each claim.
+    async fn commit(&self, batch: Batch) -> Result<Committed>;
     /// One execution with its steps and their attempts.
     async fn get_execution(&self, id: &str) -> Result<Option<WorkflowExecution>>;
     /// Newest first.
@@ -196,6 +343,8 @@ pub trait ExecutionStore: Send + Sync {
     /// restart), oldest first, with steps and attempts.
     async fn unfinished_executions(&self) -> Result<Vec<WorkflowExecution>>;
     async fn execution_stats(&self) -> Result<ExecutionStats>;
+    /// The stored claim of a key, live or expired (for inspection: claims are
+    /// decided by [`commit`](Self::commit)).
     async fn get_idempotency_key(
         &self,
         workflow_id: &str,
@@ -206,8 +355,14 @@ pub trait ExecutionStore: Send + Sync {
     /// Retention: delete up to `limit` finished executions (completed, failed,
     /// rolled back, cancelled) that finished before `before`, oldest first,
     /// with their steps, attempts and idempotency keys; the number deleted.
-    /// Unfinished executions are never deleted.
-    async fn purge_executions(&self, before: Timestamp, limit: usize) -> Result<u64>;
+    /// Unfinished executions are never deleted, nor those a live key claim
+    /// points at (`expires_at` after `now`): a replay of the key answers them.
+    async fn purge_executions(
+        &self,
+        before: Timestamp,
+        now: Timestamp,
+        limit: usize,
+    ) -> Result<u64>;
 }
 
 #[async_trait]
@@ -461,12 +616,14 @@ pub trait TaskStore: Send + Sync {
     async fn purge_tasks(&self, before: Timestamp) -> Result<u64>;
 }
 
-/// Execution ownership in a cluster (DESIGN.md "Scale-out"): one lease row per
-/// execution. A lease whose `expires_at` is before `now` has lapsed and may be
-/// taken over; `expires_at = now + ttl_ms`.
+/// Named leases, one row each: `maestro serve` on SQLite holds `maestro:server`
+/// so that a second server on the same database is refused (docs/ARCHITECTURE.md
+/// "Cluster mode" for the execution leases of a cluster, which are
+/// [`ClusterStore`]'s). A lease whose `expires_at` is before `now` has lapsed and
+/// may be taken over; `expires_at = now + ttl_ms`.
 #[async_trait]
 pub trait LeaseStore: Send + Sync {
-    /// Take (or renew) the lease of an execution for `node_id` when it is free, expired,
+    /// Take (or renew) the lease `execution_id` for `node_id` when it is free, expired,
     /// or already held by `node_id`; `true` when `node_id` holds it afterwards.
     async fn acquire_lease(
         &self,
@@ -475,16 +632,12 @@ pub trait LeaseStore: Send + Sync {
         now: Timestamp,
         ttl_ms: u64,
     ) -> Result<bool>;
-    /// Renew every lease held by `node_id`; the number renewed.
-    async fn renew_leases(&self, node_id: &str, now: Timestamp, ttl_ms: u64) -> Result<u64>;
     /// `true` if `node_id` held it.
     async fn release_lease(&self, execution_id: &str, node_id: &str) -> Result<bool>;
-    /// Execution ids whose lease expired before `now` (oldest first, at most `limit`).
-    async fn expired_leases(&self, now: Timestamp, limit: usize) -> Result<Vec<String>>;
 }
 
-/// What several nodes on one database coordinate through (DESIGN.md
-/// "Scale-out"); implemented by the PostgreSQL store only. Execution leases
+/// What several nodes on one database coordinate through (docs/ARCHITECTURE.md
+/// "Cluster mode"); implemented by the PostgreSQL store only. Execution leases
 /// are either *queued* (a pending execution waiting for a slot on its node)
 /// or *active* (a running or paused execution: one of the cluster's
 /// `maxConcurrentWorkflows` slots). Lease names under `maestro:` (leader

@@ -111,7 +111,7 @@ impl Catalog {
         }
         let mut doc = serde_json::to_value(&current).map_err(|e| Error::store(e.to_string()))?;
         merge_patch(&mut doc, &Value::Object(p));
-        let mut wf: Workflow = maestro_core::model::from_value_at_path(doc, "invalid workflow")?;
+        let mut wf = maestro_core::model::parse_workflow(&doc)?;
         validate_workflow(&wf, &self.limits)?;
         wf.revision = current.revision + 1;
         wf.created_at = current.created_at;

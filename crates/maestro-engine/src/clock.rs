@@ -43,6 +43,25 @@ pub fn now_ms() -> Timestamp {
     }
 }
 
+/// Step this runtime's wall clock forward by `ms` (as an NTP step would),
+/// without moving tokio's clock: for tests that need a day to pass on a store
+/// whose driver runs on real time (SQLite, PostgreSQL), where tokio's paused
+/// clock cannot be used. Timers armed for a wall-clock time come due earlier
+/// accordingly. Outside a runtime it does nothing.
+#[doc(hidden)]
+pub fn step_wall_clock(ms: u64) {
+    if anchor().is_none() {
+        return;
+    }
+    let Ok(id) = Handle::try_current().map(|h| h.id()) else {
+        return;
+    };
+    let anchors = ANCHORS.get_or_init(Default::default);
+    if let Some(a) = anchors.write().expect("clock lock").get_mut(&id) {
+        a.1 += ms;
+    }
+}
+
 /// The tokio instant at which wall-clock `at` is reached.
 pub fn instant_at(at: Timestamp) -> Instant {
     let now = now_ms();

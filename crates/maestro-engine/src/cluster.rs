@@ -1,5 +1,6 @@
-//! Several nodes on one database (DESIGN.md "Scale-out", docs/OPERATIONS.md
-//! "Running a cluster"). PostgreSQL is the only coordination point:
+//! Several nodes on one database (docs/ARCHITECTURE.md "Cluster mode",
+//! docs/OPERATIONS.md "Running a cluster"). PostgreSQL is the only
+//! coordination point:
 //!
 //! - **Executions** are owned through leases ([`crate::executor`] in cluster
 //!   mode): claimed, renewed, fenced at every commit, taken over when they lapse.
@@ -70,7 +71,7 @@ pub enum Signal {
     Agent { id: String },
     /// The runtime config changed.
     Config,
-    /// A token was revoked.
+    /// A token was created or revoked.
     Token { id: String },
     /// Webhook subscriptions changed.
     Subscriptions,

@@ -1,23 +1,25 @@
-//! The in-process Event Bus (ORIGINAL.md "Event Bus", API.md "Events").
+//! The in-process Event Bus: live delivery of committed events
+//! (docs/ARCHITECTURE.md "Events", docs/API.md "Events").
 //!
 //! Events are committed to the store first, which gives them their `seq` in commit
-//! order; they are then [`EventBus::publish`]ed here for live delivery. The bus keeps
-//! a bounded history of the newest `eventBusBufferSize` events and fans every event
-//! out to the subscribers whose [`EventFilter`] matches.
+//! order; they are then [`EventBus::publish`]ed here for live delivery, fanned out to
+//! the subscribers whose [`EventFilter`] matches. The bus keeps no history: the
+//! store's event log is the history, and every reader of past events (the event
+//! routes, [`Feed`](crate::feed::Feed) behind the SSE stream and webhooks) reads it
+//! there.
 //!
 //! # Never blocking the publisher
 //!
-//! Each subscriber owns a bounded queue. Publishing takes one short lock, appends to
-//! the history and `try_send`s to every matching subscriber: a subscriber whose queue
-//! is full loses that event (its [`EventStream::dropped`] counter increments) and
-//! nobody else is affected. A subscriber that lost events can catch up from the store
-//! by `seq`. Publishing and fanning out under the same lock keeps every subscriber's
-//! events in `seq` order even with several publishing threads.
+//! Each subscriber owns a bounded queue. Publishing takes one short lock and
+//! `try_send`s to every matching subscriber: a subscriber whose queue is full loses
+//! that event (its [`EventStream::dropped`] counter increments) and nobody else is
+//! affected. A subscriber that lost events can catch up from the store by `seq`.
+//! Publishing and fanning out under the same lock keeps every subscriber's events in
+//! `seq` order even with several publishing threads.
 //!
-//! Events are shared as `Arc<ChoreographyEvent>` between the history and the queues,
-//! so publishing costs one allocation plus a reference count per matching subscriber;
-//! the receiver pays for its own copy ([`EventStream::recv`]) or borrows the shared
-//! one ([`EventStream::recv_shared`]).
+//! Events are shared as `Arc<ChoreographyEvent>` between the queues, so publishing
+//! costs one allocation plus a reference count per matching subscriber; the receiver
+//! pays for its own copy ([`EventStream::recv`]).
 //!
 //! # Ordering contract for publishers
 //!
@@ -34,23 +36,21 @@
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() {
-//! let bus = EventBus::new(10_000);
+//! let bus = EventBus::new();
 //! let mut stream = bus.subscribe(
 //!     EventFilter { event_types: vec![EventType::WorkflowCompleted], ..Default::default() },
 //!     1024,
 //! );
-//! let published = bus.publish_new(NewEvent::engine(
-//!     EventType::WorkflowCompleted,
-//!     serde_json::json!({}),
-//!     0,
-//! ));
-//! assert_eq!(stream.recv().await, Some(published));
+//! // As committed by a store, which gave it seq 1.
+//! let committed = NewEvent::engine(EventType::WorkflowCompleted, serde_json::json!({}), 0)
+//!     .into_event(1);
+//! bus.publish(committed.clone());
+//! assert_eq!(stream.recv().await, Some(committed));
 //! bus.close();
 //! assert_eq!(stream.recv().await, None);
 //! # }
 //! ```
 
-use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -59,7 +59,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::task::{Context, Poll};
 
-use maestro_core::model::{ChoreographyEvent, EventFilter, EventType, NewEvent};
+use maestro_core::model::{ChoreographyEvent, EventFilter, EventType};
 use tokio::sync::mpsc::{self, error::TryRecvError, error::TrySendError};
 use tokio_util::task::TaskTracker;
 
@@ -85,9 +85,6 @@ struct Inner {
 
 struct State {
     last_seq: u64,
-    buffer_size: usize,
-    /// Strictly increasing `seq`, oldest first, at most `buffer_size` long.
-    history: VecDeque<Arc<ChoreographyEvent>>,
     subscribers: Vec<Subscriber>,
     closed: bool,
 }
@@ -99,7 +96,6 @@ struct Subscriber {
     type_mask: u64,
     /// The filter checks more than the event type.
     needs_full_match: bool,
-    paused: bool,
     tx: mpsc::Sender<Arc<ChoreographyEvent>>,
     shared: Arc<SubscriptionShared>,
     filter: Box<EventFilter>,
@@ -133,7 +129,6 @@ struct SubscriptionShared {
     /// Set by `unsubscribe`/`close`: the stream ends at once, queued events are discarded.
     ended: AtomicBool,
     dropped: AtomicU64,
-    skipped: AtomicU64,
 }
 
 /// The receiving end of a subscription. Dropping it unsubscribes.
@@ -144,16 +139,19 @@ pub struct EventStream {
     bus: Weak<Inner>,
 }
 
+impl Default for EventBus {
+    fn default() -> Self {
+        EventBus::new()
+    }
+}
+
 impl EventBus {
-    /// A bus keeping the newest `buffer_size` events in memory (0: no history).
-    pub fn new(buffer_size: usize) -> Self {
+    /// A bus that has published nothing yet (see [`resume_after`](Self::resume_after)).
+    pub fn new() -> Self {
         EventBus {
             inner: Arc::new(Inner {
                 state: Mutex::new(State {
                     last_seq: 0,
-                    buffer_size,
-                    // Grown on demand: a large configured size costs nothing up front.
-                    history: VecDeque::with_capacity(buffer_size.min(1024)),
                     subscribers: Vec::new(),
                     closed: false,
                 }),
@@ -166,14 +164,13 @@ impl EventBus {
         }
     }
 
-    /// Apply a new `eventBusBufferSize`; a smaller size drops the oldest events.
-    pub fn set_buffer_size(&self, n: usize) {
+    /// Continue after the store's log: events with a `seq` up to `seq` count as
+    /// published already (at start, `seq` is the store's last one). Never moves back.
+    pub fn resume_after(&self, seq: u64) {
         let mut state = self.inner.lock();
-        state.buffer_size = n;
-        if state.history.len() > n {
-            let excess = state.history.len() - n;
-            state.history.drain(..excess);
-            state.history.shrink_to(n.max(1024));
+        if seq > state.last_seq {
+            state.last_seq = seq;
+            self.inner.last_seq.store(seq, Ordering::Release);
         }
     }
 
@@ -189,19 +186,15 @@ impl EventBus {
             );
             return;
         }
-        let evicted = self.inner.publish_locked(&mut state, Arc::new(event));
-        drop(state);
-        drop(evicted);
+        self.inner.publish_locked(&mut state, Arc::new(event));
     }
 
-    /// Publish an event that no store has committed: it gets `seq = last_seq + 1`.
-    pub fn publish_new(&self, event: NewEvent) -> ChoreographyEvent {
-        let mut state = self.inner.lock();
-        let event = Arc::new(event.into_event(state.last_seq + 1));
-        let evicted = self.inner.publish_locked(&mut state, Arc::clone(&event));
-        drop(state);
-        drop(evicted);
-        Arc::unwrap_or_clone(event)
+    /// Tests: publish an event that no store has committed, with `seq = last_seq + 1`.
+    #[cfg(test)]
+    fn publish_new(&self, event: maestro_core::model::NewEvent) -> ChoreographyEvent {
+        let event = event.into_event(self.last_seq() + 1);
+        self.publish(event.clone());
+        event
     }
 
     /// The `seq` of the last published event (0 before any).
@@ -216,28 +209,6 @@ impl EventBus {
         self.inner
             .lock()
             .subscribe(&self.inner, filter, queue_capacity)
-    }
-
-    /// Atomically: the matching events still in the history (`filter.after` applies,
-    /// so this resumes after a cursor) and a stream of the matching live events
-    /// published after them, with neither a gap nor a duplicate between the two.
-    /// Whether the history reaches back to the cursor is the caller's concern: check
-    /// the first event's `seq`, or read the store.
-    pub fn subscribe_with_history(
-        &self,
-        filter: EventFilter,
-        queue_capacity: usize,
-    ) -> (Vec<ChoreographyEvent>, EventStream) {
-        let (history, stream) = {
-            let mut state = self.inner.lock();
-            let history = state.select(&filter, usize::MAX);
-            let stream = state.subscribe(&self.inner, filter, queue_capacity);
-            (history, stream)
-        };
-        (
-            history.into_iter().map(Arc::unwrap_or_clone).collect(),
-            stream,
-        )
     }
 
     /// The original's `subscribe(types, handler)`: one task per subscription awaits
@@ -282,16 +253,6 @@ impl EventBus {
         self.inner.unsubscribe(id)
     }
 
-    /// Stop delivering to a subscription; matching events meanwhile are counted as
-    /// skipped ([`EventStream::skipped`]), not dropped.
-    pub fn pause(&self, id: &str) -> bool {
-        self.inner.set_paused(id, true)
-    }
-
-    pub fn resume(&self, id: &str) -> bool {
-        self.inner.set_paused(id, false)
-    }
-
     pub fn subscription_count(&self) -> usize {
         self.inner.lock().subscribers.len()
     }
@@ -306,29 +267,8 @@ impl EventBus {
         self.inner.published_total.load(Ordering::Relaxed)
     }
 
-    /// Matching events from the in-memory history, in `seq` order: the newest `limit`
-    /// ones, or with `filter.after` set the first `limit` ones after that `seq`.
-    pub fn get_event_history(&self, filter: &EventFilter, limit: usize) -> Vec<ChoreographyEvent> {
-        // Only reference counts are taken under the lock; the copies are made after.
-        let selected = self.inner.lock().select(filter, limit);
-        selected.into_iter().map(Arc::unwrap_or_clone).collect()
-    }
-
-    /// The newest `limit` events of a correlation id, in `seq` order.
-    pub fn get_events_by_correlation(
-        &self,
-        correlation_id: &str,
-        limit: usize,
-    ) -> Vec<ChoreographyEvent> {
-        let filter = EventFilter {
-            correlation_id: Some(correlation_id.to_owned()),
-            ..EventFilter::default()
-        };
-        self.get_event_history(&filter, limit)
-    }
-
     /// End every stream (their `recv` returns `None`) and refuse new subscriptions
-    /// (they get an ended stream). Publishing still records history.
+    /// (they get an ended stream). Publishing still advances [`last_seq`](Self::last_seq).
     pub fn close(&self) {
         let subscribers = {
             let mut state = self.inner.lock();
@@ -355,8 +295,6 @@ impl fmt::Debug for EventBus {
         let state = self.inner.lock();
         f.debug_struct("EventBus")
             .field("last_seq", &state.last_seq)
-            .field("buffer_size", &state.buffer_size)
-            .field("history", &state.history.len())
             .field("subscribers", &state.subscribers.len())
             .field("closed", &state.closed)
             .finish()
@@ -370,31 +308,13 @@ impl Inner {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Returns the event evicted from the history, for the caller to free after
-    /// releasing the lock.
-    fn publish_locked(
-        &self,
-        state: &mut State,
-        event: Arc<ChoreographyEvent>,
-    ) -> Option<Arc<ChoreographyEvent>> {
+    fn publish_locked(&self, state: &mut State, event: Arc<ChoreographyEvent>) {
         state.last_seq = event.seq;
         self.last_seq.store(event.seq, Ordering::Release);
         self.published_total.fetch_add(1, Ordering::Relaxed);
 
-        let mut evicted = None;
-        if state.buffer_size > 0 {
-            if state.history.len() >= state.buffer_size {
-                evicted = state.history.pop_front();
-            }
-            state.history.push_back(Arc::clone(&event));
-        }
-
         state.subscribers.retain(|subscriber| {
             if !subscriber.wants(&event) {
-                return true;
-            }
-            if subscriber.paused {
-                subscriber.shared.skipped.fetch_add(1, Ordering::Relaxed);
                 return true;
             }
             match subscriber.tx.try_send(Arc::clone(&event)) {
@@ -416,7 +336,6 @@ impl Inner {
                 Err(TrySendError::Closed(_)) => false,
             }
         });
-        evicted
     }
 
     fn unsubscribe(&self, id: &str) -> bool {
@@ -431,17 +350,6 @@ impl Inner {
         match removed {
             Some(subscriber) => {
                 subscriber.shared.ended.store(true, Ordering::Release);
-                true
-            }
-            None => false,
-        }
-    }
-
-    fn set_paused(&self, id: &str, paused: bool) -> bool {
-        let mut state = self.lock();
-        match state.subscribers.iter_mut().find(|s| s.id == id) {
-            Some(subscriber) => {
-                subscriber.paused = paused;
                 true
             }
             None => false,
@@ -471,7 +379,6 @@ impl State {
             self.subscribers.push(Subscriber {
                 type_mask: type_mask(&filter),
                 needs_full_match,
-                paused: false,
                 tx,
                 shared: Arc::clone(&shared),
                 filter: Box::new(filter),
@@ -485,36 +392,6 @@ impl State {
             bus: Arc::downgrade(bus),
         }
     }
-
-    fn select(&self, filter: &EventFilter, limit: usize) -> Vec<Arc<ChoreographyEvent>> {
-        if limit == 0 {
-            return Vec::new();
-        }
-        match filter.after {
-            Some(after) => {
-                // The history is sorted by seq: skip straight to the cursor.
-                let start = self.history.partition_point(|e| e.seq <= after);
-                self.history
-                    .range(start..)
-                    .filter(|e| filter.matches(e))
-                    .take(limit)
-                    .cloned()
-                    .collect()
-            }
-            None => {
-                let mut newest: Vec<_> = self
-                    .history
-                    .iter()
-                    .rev()
-                    .filter(|e| filter.matches(e))
-                    .take(limit)
-                    .cloned()
-                    .collect();
-                newest.reverse();
-                newest
-            }
-        }
-    }
 }
 
 impl EventStream {
@@ -525,12 +402,6 @@ impl EventStream {
     /// The next event, or `None` once unsubscribed or the bus is closed.
     /// Cancel-safe: usable in `tokio::select!`.
     pub async fn recv(&mut self) -> Option<ChoreographyEvent> {
-        self.recv_shared().await.map(Arc::unwrap_or_clone)
-    }
-
-    /// Like [`recv`](Self::recv) without copying the event (the history shares it),
-    /// for consumers that only serialize it.
-    pub async fn recv_shared(&mut self) -> Option<Arc<ChoreographyEvent>> {
         if self.check_ended() {
             return None;
         }
@@ -539,7 +410,7 @@ impl EventStream {
         if self.check_ended() {
             return None;
         }
-        Some(event)
+        Some(Arc::unwrap_or_clone(event))
     }
 
     /// The next event if one is queued.
@@ -556,11 +427,6 @@ impl EventStream {
     /// Events lost because this subscriber's queue was full.
     pub fn dropped(&self) -> u64 {
         self.shared.dropped.load(Ordering::Relaxed)
-    }
-
-    /// Matching events not delivered because the subscription was paused.
-    pub fn skipped(&self) -> u64 {
-        self.shared.skipped.load(Ordering::Relaxed)
     }
 
     fn check_ended(&mut self) -> bool {
@@ -590,7 +456,6 @@ impl fmt::Debug for EventStream {
         f.debug_struct("EventStream")
             .field("id", &self.id)
             .field("dropped", &self.dropped())
-            .field("skipped", &self.skipped())
             .finish()
     }
 }
@@ -624,7 +489,7 @@ mod tests {
     use std::sync::Mutex as StdMutex;
     use std::time::{Duration, Instant};
 
-    use maestro_core::model::EventType;
+    use maestro_core::model::{EventType, NewEvent};
     use serde_json::json;
 
     use super::*;
@@ -647,8 +512,13 @@ mod tests {
         }
     }
 
-    fn seqs(events: &[ChoreographyEvent]) -> Vec<u64> {
-        events.iter().map(|e| e.seq).collect()
+    /// The seqs of the events queued for `stream`, taking them.
+    fn received(stream: &mut EventStream) -> Vec<u64> {
+        let mut seqs = Vec::new();
+        while let Some(e) = stream.try_recv() {
+            seqs.push(e.seq);
+        }
+        seqs
     }
 
     async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
@@ -660,45 +530,53 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn publishes_and_retrieves_events() {
-        let bus = EventBus::new(100);
+    async fn publishes_to_a_subscriber() {
+        let bus = EventBus::new();
+        let mut stream = bus.subscribe(EventFilter::default(), 16);
         let event = bus.publish_new(new_event(EventType::AgentRegistered, "c1"));
         assert_eq!(event.seq, 1);
         assert_eq!(event.id, "evt_1");
         assert_eq!(event.source_agent, "maestro");
 
-        let history = bus.get_event_history(&EventFilter::default(), 100);
-        assert_eq!(history, vec![event]);
+        assert_eq!(stream.recv().await, Some(event));
         assert_eq!(bus.published_total(), 1);
         assert_eq!(bus.last_seq(), 1);
     }
 
     #[tokio::test]
+    async fn resume_after_continues_the_store_log() {
+        let bus = EventBus::new();
+        let mut stream = bus.subscribe(EventFilter::default(), 16);
+        bus.resume_after(41);
+        assert_eq!(bus.last_seq(), 41);
+        bus.publish(committed(41, EventType::AgentEvent)); // already in the log: ignored
+        bus.publish(committed(42, EventType::AgentEvent));
+        bus.resume_after(7); // never moves back
+        assert_eq!(bus.last_seq(), 42);
+        assert_eq!(received(&mut stream), vec![42]);
+        assert_eq!(bus.published_total(), 1);
+    }
+
+    #[tokio::test]
     async fn filters_by_type() {
-        let bus = EventBus::new(100);
+        let bus = EventBus::new();
+        let mut started = bus.subscribe(types(&[EventType::WorkflowStarted]), 16);
+        let mut two = bus.subscribe(
+            types(&[EventType::AgentRegistered, EventType::WorkflowCompleted]),
+            16,
+        );
         bus.publish_new(new_event(EventType::AgentRegistered, "c"));
         bus.publish_new(new_event(EventType::WorkflowStarted, "c"));
         bus.publish_new(new_event(EventType::WorkflowCompleted, "c"));
         bus.publish_new(new_event(EventType::WorkflowStarted, "c"));
 
-        let started = bus.get_event_history(&types(&[EventType::WorkflowStarted]), 100);
-        assert_eq!(seqs(&started), vec![2, 4]);
-        assert!(
-            started
-                .iter()
-                .all(|e| e.event_type == EventType::WorkflowStarted)
-        );
-
-        let two = bus.get_event_history(
-            &types(&[EventType::AgentRegistered, EventType::WorkflowCompleted]),
-            100,
-        );
-        assert_eq!(seqs(&two), vec![1, 3]);
+        assert_eq!(received(&mut started), vec![2, 4]);
+        assert_eq!(received(&mut two), vec![1, 3]);
     }
 
     #[tokio::test]
     async fn subscribes_to_event_types() {
-        let bus = EventBus::new(100);
+        let bus = EventBus::new();
         let mut stream = bus.subscribe(types(&[EventType::WorkflowCompleted]), 16);
         let seen = Arc::new(StdMutex::new(Vec::new()));
         let sink = Arc::clone(&seen);
@@ -723,7 +601,7 @@ mod tests {
 
     #[tokio::test]
     async fn subscription_receives_only_events_published_after_it() {
-        let bus = EventBus::new(100);
+        let bus = EventBus::new();
         bus.publish_new(new_event(EventType::AgentEvent, "c"));
         let mut stream = bus.subscribe(EventFilter::default(), 16);
         bus.publish_new(new_event(EventType::AgentEvent, "c"));
@@ -732,22 +610,25 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn gets_events_by_correlation_id() {
-        let bus = EventBus::new(100);
+    async fn filters_by_correlation_id() {
+        let bus = EventBus::new();
+        let correlation = |id: &str| EventFilter {
+            correlation_id: Some(id.into()),
+            ..EventFilter::default()
+        };
+        let mut a = bus.subscribe(correlation("corr-a"), 16);
+        let mut nope = bus.subscribe(correlation("nope"), 16);
         bus.publish_new(new_event(EventType::WorkflowStarted, "corr-a"));
         bus.publish_new(new_event(EventType::WorkflowStarted, "corr-b"));
         bus.publish_new(new_event(EventType::WorkflowCompleted, "corr-a"));
 
-        let a = bus.get_events_by_correlation("corr-a", 100);
-        assert_eq!(seqs(&a), vec![1, 3]);
-        assert!(a.iter().all(|e| e.correlation_id == "corr-a"));
-        assert_eq!(seqs(&bus.get_events_by_correlation("corr-a", 1)), vec![3]);
-        assert!(bus.get_events_by_correlation("nope", 100).is_empty());
+        assert_eq!(received(&mut a), vec![1, 3]);
+        assert!(received(&mut nope).is_empty());
     }
 
     #[tokio::test]
     async fn agent_filter_matches_source_or_target() {
-        let bus = EventBus::new(100);
+        let bus = EventBus::new();
         let mut from_a = new_event(EventType::AgentEvent, "c");
         from_a.source_agent = "agent-a".into();
         let mut to_a = new_event(EventType::AgentEvent, "c");
@@ -760,26 +641,30 @@ mod tests {
             agent_id: Some("agent-a".into()),
             ..EventFilter::default()
         };
-        let mut stream = bus.subscribe(filter.clone(), 16);
-        for e in [from_a, to_a, other] {
-            bus.publish_new(e);
-        }
-
-        assert_eq!(seqs(&bus.get_event_history(&filter, 100)), vec![1, 2]);
-        assert_eq!(stream.recv().await.map(|e| e.seq), Some(1));
-        assert_eq!(stream.recv().await.map(|e| e.seq), Some(2));
-        assert_eq!(stream.try_recv(), None);
-
+        let mut stream = bus.subscribe(filter, 16);
         let source_only = EventFilter {
             source_agent: Some("agent-a".into()),
             ..EventFilter::default()
         };
-        assert_eq!(seqs(&bus.get_event_history(&source_only, 100)), vec![1]);
+        let mut from_a_only = bus.subscribe(source_only, 16);
+        for e in [from_a, to_a, other] {
+            bus.publish_new(e);
+        }
+
+        assert_eq!(stream.recv().await.map(|e| e.seq), Some(1));
+        assert_eq!(stream.recv().await.map(|e| e.seq), Some(2));
+        assert_eq!(stream.try_recv(), None);
+        assert_eq!(received(&mut from_a_only), vec![1]);
     }
 
     #[tokio::test]
     async fn workflow_filter() {
-        let bus = EventBus::new(100);
+        let bus = EventBus::new();
+        let filter = EventFilter {
+            workflow_id: Some("wf-1".into()),
+            ..EventFilter::default()
+        };
+        let mut stream = bus.subscribe(filter, 16);
         for workflow in ["wf-1", "wf-2", "wf-1"] {
             let mut e = new_event(EventType::WorkflowStarted, "c");
             e.workflow_id = Some(workflow.into());
@@ -787,16 +672,12 @@ mod tests {
         }
         bus.publish_new(new_event(EventType::AgentRegistered, "c"));
 
-        let filter = EventFilter {
-            workflow_id: Some("wf-1".into()),
-            ..EventFilter::default()
-        };
-        assert_eq!(seqs(&bus.get_event_history(&filter, 100)), vec![1, 3]);
+        assert_eq!(received(&mut stream), vec![1, 3]);
     }
 
     #[tokio::test]
     async fn subscription_filter_combines_types_and_other_fields() {
-        let bus = EventBus::new(100);
+        let bus = EventBus::new();
         let filter = EventFilter {
             workflow_id: Some("wf-1".into()),
             ..types(&[EventType::WorkflowStarted, EventType::WorkflowCompleted])
@@ -819,78 +700,8 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn history_is_bounded_by_buffer_size() {
-        let bus = EventBus::new(5);
-        for _ in 0..12 {
-            bus.publish_new(new_event(EventType::AgentEvent, "c"));
-        }
-        let history = bus.get_event_history(&EventFilter::default(), 100);
-        assert_eq!(seqs(&history), vec![8, 9, 10, 11, 12]);
-
-        let none = EventBus::new(0);
-        none.publish_new(new_event(EventType::AgentEvent, "c"));
-        assert!(
-            none.get_event_history(&EventFilter::default(), 100)
-                .is_empty()
-        );
-        assert_eq!(none.last_seq(), 1);
-    }
-
-    #[tokio::test]
-    async fn after_pages_forward_from_the_cursor() {
-        let bus = EventBus::new(100);
-        for i in 0..10 {
-            let t = if i % 2 == 0 {
-                EventType::StepStarted
-            } else {
-                EventType::StepCompleted
-            };
-            bus.publish_new(new_event(t, "c"));
-        }
-        let page = |after, limit| {
-            bus.get_event_history(
-                &EventFilter {
-                    after: Some(after),
-                    ..EventFilter::default()
-                },
-                limit,
-            )
-        };
-        assert_eq!(seqs(&page(0, 3)), vec![1, 2, 3]);
-        assert_eq!(seqs(&page(3, 3)), vec![4, 5, 6]);
-        assert_eq!(seqs(&page(9, 3)), vec![10]);
-        assert!(page(10, 3).is_empty());
-        assert!(page(4, 0).is_empty());
-
-        let completed_after_4 = EventFilter {
-            after: Some(4),
-            ..types(&[EventType::StepCompleted])
-        };
-        assert_eq!(
-            seqs(&bus.get_event_history(&completed_after_4, 2)),
-            vec![6, 8]
-        );
-    }
-
-    #[tokio::test]
-    async fn without_after_returns_the_newest_limit_in_seq_order() {
-        let bus = EventBus::new(100);
-        for _ in 0..10 {
-            bus.publish_new(new_event(EventType::AgentEvent, "c"));
-        }
-        assert_eq!(
-            seqs(&bus.get_event_history(&EventFilter::default(), 3)),
-            vec![8, 9, 10]
-        );
-        assert_eq!(
-            seqs(&bus.get_event_history(&EventFilter::default(), 1000)),
-            (1..=10).collect::<Vec<_>>()
-        );
-    }
-
-    #[tokio::test]
     async fn seq_strictly_increases_and_old_seqs_are_ignored() {
-        let bus = EventBus::new(100);
+        let bus = EventBus::new();
         let mut stream = bus.subscribe(EventFilter::default(), 16);
 
         bus.publish(committed(5, EventType::AgentEvent));
@@ -902,20 +713,14 @@ mod tests {
         assert_eq!(bus.last_seq(), 10);
         assert_eq!(bus.published_total(), 3);
 
-        let history = bus.get_event_history(&EventFilter::default(), 100);
-        assert_eq!(seqs(&history), vec![5, 9, 10]);
-        assert_eq!(history[0].event_type, EventType::AgentEvent);
-
-        let mut received = Vec::new();
-        while let Some(e) = stream.try_recv() {
-            received.push(e.seq);
-        }
-        assert_eq!(received, vec![5, 9, 10]);
+        let first = stream.try_recv().expect("seq 5");
+        assert_eq!(first.event_type, EventType::AgentEvent);
+        assert_eq!(received(&mut stream), vec![9, 10]);
     }
 
     #[tokio::test]
     async fn unsubscribe_ends_the_stream() {
-        let bus = EventBus::new(100);
+        let bus = EventBus::new();
         let mut stream = bus.subscribe(EventFilter::default(), 16);
         let other = bus.subscribe(EventFilter::default(), 16);
         bus.publish_new(new_event(EventType::AgentEvent, "c"));
@@ -936,7 +741,7 @@ mod tests {
 
     #[tokio::test]
     async fn unsubscribe_wakes_a_waiting_receiver() {
-        let bus = EventBus::new(100);
+        let bus = EventBus::new();
         let mut stream = bus.subscribe(EventFilter::default(), 16);
         let id = stream.id().to_owned();
         let waiter = tokio::spawn(async move { stream.recv().await });
@@ -951,42 +756,18 @@ mod tests {
 
     #[tokio::test]
     async fn dropping_a_stream_unsubscribes() {
-        let bus = EventBus::new(100);
+        let bus = EventBus::new();
         let stream = bus.subscribe(EventFilter::default(), 16);
         assert_eq!(bus.subscription_count(), 1);
         drop(stream);
         assert_eq!(bus.subscription_count(), 0);
     }
 
-    #[tokio::test]
-    async fn pause_and_resume() {
-        let bus = EventBus::new(100);
-        let mut stream = bus.subscribe(types(&[EventType::AgentEvent]), 16);
-        let id = stream.id().to_owned();
-
-        bus.publish_new(new_event(EventType::AgentEvent, "c")); // 1
-        assert!(bus.pause(&id));
-        bus.publish_new(new_event(EventType::AgentEvent, "c")); // 2: skipped
-        bus.publish_new(new_event(EventType::AgentAlert, "c")); // 3: not matching anyway
-        bus.publish_new(new_event(EventType::AgentEvent, "c")); // 4: skipped
-        assert!(bus.resume(&id));
-        bus.publish_new(new_event(EventType::AgentEvent, "c")); // 5
-
-        assert_eq!(stream.recv().await.map(|e| e.seq), Some(1));
-        assert_eq!(stream.recv().await.map(|e| e.seq), Some(5));
-        assert_eq!(stream.try_recv(), None);
-        assert_eq!(stream.skipped(), 2);
-        assert_eq!(stream.dropped(), 0);
-        assert_eq!(bus.dropped_total(), 0);
-        assert!(!bus.pause("sub_999"));
-        assert!(!bus.resume("sub_999"));
-    }
-
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_slow_subscriber_does_not_block_publish_nor_others() {
         const N: u64 = 10_000;
         const SLOW_CAPACITY: usize = 16;
-        let bus = EventBus::new(1_000);
+        let bus = EventBus::new();
         let slow = bus.subscribe(EventFilter::default(), SLOW_CAPACITY);
         let mut fast = bus.subscribe(EventFilter::default(), N as usize);
         let reader = tokio::spawn(async move {
@@ -1034,7 +815,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_panicking_handler_does_not_stop_its_subscription_nor_others() {
-        let bus = EventBus::new(100);
+        let bus = EventBus::new();
         let seen = Arc::new(StdMutex::new(Vec::new()));
         let others = Arc::new(StdMutex::new(Vec::new()));
 
@@ -1078,7 +859,7 @@ mod tests {
 
     #[tokio::test]
     async fn unsubscribe_stops_a_handler() {
-        let bus = EventBus::new(100);
+        let bus = EventBus::new();
         let seen = Arc::new(StdMutex::new(Vec::new()));
         let sink = Arc::clone(&seen);
         let id = bus.subscribe_fn(EventFilter::default(), 16, move |e| {
@@ -1097,34 +878,8 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn set_buffer_size_trims_and_grows() {
-        let bus = EventBus::new(10);
-        for _ in 0..10 {
-            bus.publish_new(new_event(EventType::AgentEvent, "c"));
-        }
-        bus.set_buffer_size(3);
-        assert_eq!(
-            seqs(&bus.get_event_history(&EventFilter::default(), 100)),
-            vec![8, 9, 10]
-        );
-        bus.publish_new(new_event(EventType::AgentEvent, "c"));
-        assert_eq!(
-            seqs(&bus.get_event_history(&EventFilter::default(), 100)),
-            vec![9, 10, 11]
-        );
-        bus.set_buffer_size(5);
-        for _ in 0..3 {
-            bus.publish_new(new_event(EventType::AgentEvent, "c"));
-        }
-        assert_eq!(
-            seqs(&bus.get_event_history(&EventFilter::default(), 100)),
-            vec![10, 11, 12, 13, 14]
-        );
-    }
-
-    #[tokio::test]
     async fn close_ends_every_stream() {
-        let bus = EventBus::new(100);
+        let bus = EventBus::new();
         let mut a = bus.subscribe(EventFilter::default(), 16);
         let mut b = bus.subscribe(types(&[EventType::AgentAlert]), 16);
         bus.publish_new(new_event(EventType::AgentEvent, "c"));
@@ -1137,31 +892,12 @@ mod tests {
         assert_eq!(bus.subscription_count(), 0);
         bus.publish_new(new_event(EventType::AgentEvent, "c"));
         assert_eq!(late.recv().await, None);
-        assert_eq!(bus.last_seq(), 2, "history is still recorded");
-    }
-
-    #[tokio::test]
-    async fn subscribe_with_history_has_no_gap() {
-        let bus = EventBus::new(100);
-        for _ in 0..5 {
-            bus.publish_new(new_event(EventType::AgentEvent, "c"));
-        }
-        let (backlog, mut live) = bus.subscribe_with_history(
-            EventFilter {
-                after: Some(2),
-                ..EventFilter::default()
-            },
-            16,
-        );
-        assert_eq!(seqs(&backlog), vec![3, 4, 5]);
-        bus.publish_new(new_event(EventType::AgentEvent, "c"));
-        assert_eq!(live.recv().await.map(|e| e.seq), Some(6));
-        assert_eq!(live.try_recv(), None);
+        assert_eq!(bus.last_seq(), 2, "publishing still advances the seq");
     }
 
     #[tokio::test]
     async fn a_full_queue_keeps_order_and_counts_losses() {
-        let bus = EventBus::new(100);
+        let bus = EventBus::new();
         let mut stream = bus.subscribe(EventFilter::default(), 2);
         for _ in 0..5 {
             bus.publish_new(new_event(EventType::AgentEvent, "c"));

@@ -195,7 +195,7 @@ mod tests {
     #[tokio::test]
     async fn log_then_live_in_order_and_catch_up_after_an_overflow() {
         let store: Arc<dyn Store> = Arc::new(maestro_store::MemoryStore::new());
-        let bus = EventBus::new(100);
+        let bus = EventBus::new();
         let before = commit(&store, &bus, 3).await;
         let cancel = CancellationToken::new();
         // From after the first event, a live queue of 2, catching up.
@@ -227,7 +227,7 @@ mod tests {
     #[tokio::test]
     async fn an_overflow_ends_a_feed_that_says_so() {
         let store: Arc<dyn Store> = Arc::new(maestro_store::MemoryStore::new());
-        let bus = EventBus::new(100);
+        let bus = EventBus::new();
         let cancel = CancellationToken::new();
         let mut feed = Feed::new(
             store.clone(),

@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use maestro_core::choreography::Limits;
+use maestro_core::machine::Refusal;
 use maestro_core::model::{
     AgentHealth, AgentStatus, ChoreographyEvent, ChoreographyMetrics, EventFilter, EventType,
     ExecutionStatus, MaestroConfig, NewEvent, RegisteredAgent, Workflow, WorkflowExecution,
@@ -90,12 +91,14 @@ pub struct ExecuteOptions {
     pub inputs: Map<String, Value>,
     pub correlation_id: Option<String>,
     pub parent_execution_id: Option<String>,
-    /// `Idempotency-Key`, scoped to the workflow, kept 24 h.
+    /// `Idempotency-Key`, scoped to the workflow: claimed by the commit that
+    /// creates the execution, for 24 h and until that execution finished.
     pub idempotency_key: Option<String>,
 }
 
-/// How long an execute `Idempotency-Key` is remembered.
-pub const IDEMPOTENCY_TTL_MS: u64 = 24 * 3600 * 1000;
+/// How long `PATCH .../status online` waits for the check of the released agent
+/// before answering.
+const RELEASE_CHECK_WAIT_MS: u64 = 1_000;
 
 struct Inner {
     store: Arc<dyn Store>,
@@ -112,6 +115,8 @@ struct Inner {
     /// The config from files and environment, under the stored patch.
     base_config: MaestroConfig,
     cluster: Option<Cluster>,
+    /// Checks an agent at once when an operator releases its hold.
+    health: Option<HealthChecker>,
     /// Wakes the event tailer (cluster mode).
     tail_wake: Arc<tokio::sync::Notify>,
 }
@@ -142,8 +147,9 @@ impl Maestro {
         }
         config.validate()?;
         let config = ConfigHandle::new(config);
-        let bus = EventBus::new(config.get().event_bus_buffer_size as usize);
-        bus_resume_seq(&bus, &*store).await?;
+        // Live delivery continues after the log: what it holds is read from the store.
+        let bus = EventBus::new();
+        bus.resume_after(store.last_seq().await?);
         let registry = Registry::load(store.clone(), opts.health_window).await?;
         let catalog = Catalog::new(store.clone(), opts.limits);
         let inprocess = opts.in_process.clone();
@@ -183,6 +189,7 @@ impl Maestro {
             max_queued: opts.max_queued_executions,
             max_output_bytes: opts.max_output_bytes,
             drain_timeout_ms: opts.drain_timeout_ms,
+            cel_budget: opts.limits.cel,
             cluster: opts.cluster.as_ref().map(|c| ExecutorCluster {
                 store: c.store.clone(),
                 node_id: c.node_id.clone(),
@@ -212,6 +219,7 @@ impl Maestro {
             executor: handle.clone(),
             probe: opts.health_probe.clone(),
         });
+        let health = health_checker.clone();
         match &cluster {
             None => {
                 if let Some(hc) = health_checker {
@@ -281,6 +289,7 @@ impl Maestro {
                 services: Mutex::new(services),
                 base_config: opts.config.clone(),
                 cluster,
+                health,
                 tail_wake,
             }),
         };
@@ -377,10 +386,23 @@ impl Maestro {
                 };
                 let executor = inner.executor.clone();
                 let cluster = cluster.clone();
+                let store = inner.store.clone();
                 tokio::spawn(async move {
-                    match executor.control(&execution, control).await {
-                        // Not running here: another node answers.
-                        Err(Error::NotFound { .. }) => {}
+                    match executor.control(&execution, control.clone()).await {
+                        // Not running here: another node answers; but once it
+                        // finished (its owner drops it after committing that),
+                        // any node may say so.
+                        Err(Error::NotFound { .. }) => {
+                            if let Ok(Some(e)) = store.get_execution(&execution).await
+                                && e.status.is_terminal()
+                            {
+                                let refusal = finished_refusal(&execution, &control, &e);
+                                cluster.send(Signal::ControlDone {
+                                    rid,
+                                    error: Some(refusal.to_string()),
+                                });
+                            }
+                        }
                         Ok(_) => cluster.send(Signal::ControlDone { rid, error: None }),
                         Err(e) => cluster.send(Signal::ControlDone {
                             rid,
@@ -419,12 +441,7 @@ impl Maestro {
             }
         };
         match inner.base_config.patched(&stored) {
-            Ok(next) => {
-                inner
-                    .bus
-                    .set_buffer_size(next.event_bus_buffer_size as usize);
-                inner.config.set(next);
-            }
+            Ok(next) => inner.config.set(next),
             Err(e) => tracing::warn!(error = %e, "ignoring an invalid stored config"),
         }
     }
@@ -560,6 +577,20 @@ impl Maestro {
             self.emit(Self::agent_event(EventType::AgentHealth, &a, payload))
                 .await?;
         }
+        if !a.status_hold
+            && let Some(hc) = &self.inner.health
+        {
+            // Released: the agent is checked now, not at the checker's next
+            // tick. The answer shows the outcome when the check (a probe, for
+            // HTTP agents) ends within RELEASE_CHECK_WAIT_MS; a slower one
+            // still lands, with its `agent:health` event.
+            let (hc, agent) = (hc.clone(), id.to_owned());
+            let check = tokio::spawn(async move { hc.check_id(&agent).await });
+            let _ = tokio::time::timeout(Duration::from_millis(RELEASE_CHECK_WAIT_MS), check).await;
+            return self
+                .get_agent(id)
+                .ok_or_else(|| Error::not_found("agent", id));
+        }
         Ok(a)
     }
 
@@ -666,7 +697,9 @@ impl Maestro {
     // -- Workflow Executor -------------------------------------------------
 
     /// `executeWorkflow`: the new execution (`pending` or `running`), or — with an
-    /// `Idempotency-Key` seen before — the existing one (`true`).
+    /// `Idempotency-Key` whose claim is live — the execution holding it (`true`;
+    /// `IdempotencyKeyReused` when it came with another request). Refused
+    /// requests (400, 404, 429, 503) claim no key.
     pub async fn execute_workflow(
         &self,
         workflow_id: &str,
@@ -686,27 +719,12 @@ impl Maestro {
                             .field("Idempotency-Key"),
                     );
                 }
+                // Decided by the executor's commit (the key's claim), never here.
                 let hash = request_hash(
                     &opts.inputs,
                     &opts.correlation_id,
                     &opts.parent_execution_id,
                 );
-                if let Some(rec) = self
-                    .inner
-                    .store
-                    .get_idempotency_key(workflow_id, &key)
-                    .await?
-                    && now_ms().saturating_sub(rec.created_at) < IDEMPOTENCY_TTL_MS
-                {
-                    if rec.request_hash != hash {
-                        return Err(Error::IdempotencyKeyReused(key));
-                    }
-                    let e = self
-                        .get_execution(&rec.execution_id)
-                        .await?
-                        .ok_or_else(|| Error::not_found("execution", rec.execution_id))?;
-                    return Ok((e, true));
-                }
                 Some((key, hash))
             }
             None => None,
@@ -780,14 +798,19 @@ impl Maestro {
         self.inner.store.query_executions(q).await
     }
 
+    /// Cancel, pause or resume: the executor running the execution decides
+    /// (its state machine applies the command or refuses it); 200 with the
+    /// state it committed, or `InvalidState` with the current status.
     async fn control(&self, id: &str, op: Control) -> Result<WorkflowExecution> {
         match self.inner.executor.control(id, op.clone()).await {
+            // Not live here: finished (nothing applies any more), on another
+            // node, or unknown.
             Err(Error::NotFound { .. }) => match self.get_execution(id).await? {
-                Some(e) if !e.status.is_terminal() && self.inner.cluster.is_some() => {
-                    self.forward_control(id, op).await
-                }
+                Some(e) if e.status.is_terminal() => Err(finished_refusal(id, &op, &e)),
+                Some(_) if self.inner.cluster.is_some() => self.forward_control(id, op).await,
                 Some(e) => Err(Error::InvalidState(format!(
-                    "execution {id} already finished ({})",
+                    "cannot {} execution {id}: it is not running on this node (status {})",
+                    op.op().as_str(),
                     e.status.as_str()
                 ))),
                 None => Err(Error::not_found("execution", id)),
@@ -799,10 +822,10 @@ impl Maestro {
     /// Cluster mode: the execution runs on another node; ask it.
     async fn forward_control(&self, id: &str, op: Control) -> Result<WorkflowExecution> {
         let cluster = self.inner.cluster.as_ref().expect("cluster mode");
-        let (name, reason) = match op {
-            Control::Cancel(r) => ("cancel", r),
-            Control::Pause => ("pause", None),
-            Control::Resume => ("resume", None),
+        let name = op.op().as_str();
+        let reason = match &op {
+            Control::Cancel(r) => r.clone(),
+            Control::Pause | Control::Resume => None,
         };
         match cluster
             .control(id, name, reason, Duration::from_millis(CONTROL_WAIT_MS))
@@ -813,9 +836,13 @@ impl Maestro {
                 .await?
                 .ok_or_else(|| Error::not_found("execution", id)),
             Ok(Some(refused)) => Err(Error::InvalidState(refused)),
-            Err(()) => Err(Error::NotReady(format!(
-                "the node running execution {id} did not answer (it may be failing over); try again"
-            ))),
+            Err(()) => match self.get_execution(id).await? {
+                // It finished meanwhile: nothing applies any more.
+                Some(e) if e.status.is_terminal() => Err(finished_refusal(id, &op, &e)),
+                _ => Err(Error::NotReady(format!(
+                    "the node running execution {id} did not answer (it may be failing over); try again"
+                ))),
+            },
         }
     }
 
@@ -836,12 +863,15 @@ impl Maestro {
     // -- Event Bus ---------------------------------------------------------
 
     /// `subscribeToEvents`: `handler` runs for each matching event, in order.
+    /// Up to `eventBusBufferSize` events (as configured when subscribing) wait
+    /// for a slow handler; beyond that the subscription loses events.
     pub fn subscribe_to_events<F, Fut>(&self, filter: EventFilter, handler: F) -> SubscriptionId
     where
         F: Fn(ChoreographyEvent) -> Fut + Send + Sync + 'static,
         Fut: std::future::Future<Output = ()> + Send + 'static,
     {
-        self.inner.bus.subscribe_fn(filter, 1024, handler)
+        let queue = self.inner.config.get().event_bus_buffer_size as usize;
+        self.inner.bus.subscribe_fn(filter, queue, handler)
     }
 
     /// A live stream of matching events.
@@ -997,6 +1027,12 @@ impl Maestro {
         })
     }
 
+    /// Follows every change of the runtime config, whether made here or
+    /// through another node of a cluster.
+    pub fn watch_config(&self) -> tokio::sync::watch::Receiver<Arc<MaestroConfig>> {
+        self.inner.config.watch()
+    }
+
     /// `getConfig`.
     pub fn get_config(&self) -> MaestroConfig {
         (*self.inner.config.get()).clone()
@@ -1008,9 +1044,6 @@ impl Maestro {
         let next = self.get_config().patched(patch)?;
         let doc = serde_json::to_value(&next).map_err(|e| Error::store(e.to_string()))?;
         self.inner.store.save_config(&doc).await?;
-        self.inner
-            .bus
-            .set_buffer_size(next.event_bus_buffer_size as usize);
         self.inner.config.set(next.clone());
         if let Some(c) = &self.inner.cluster {
             c.send(Signal::Config);
@@ -1021,6 +1054,13 @@ impl Maestro {
 
 /// How long a control request forwarded to another node waits for its answer.
 const CONTROL_WAIT_MS: u64 = 5_000;
+
+/// The refusal of a control request on a finished execution (the state
+/// machine's rule for one, judged from its stored status by a node where it is
+/// not live).
+fn finished_refusal(id: &str, op: &Control, e: &WorkflowExecution) -> Error {
+    Error::InvalidState(Refusal::finished(op.op(), e.status).message(id))
+}
 
 /// Cluster mode: what becoming (or ceasing to be) the leader starts (stops):
 /// webhook delivery, the health checker and retention.
@@ -1058,19 +1098,6 @@ fn leadership(
         });
         *running = Some(token);
     }
-}
-
-/// Make the bus continue after the last committed seq.
-async fn bus_resume_seq(bus: &EventBus, store: &dyn Store) -> Result<()> {
-    let last = store.last_seq().await?;
-    let recent = store
-        .query_events(&EventFilter::default(), EventOrder::Newest, 1000)
-        .await?;
-    for e in recent {
-        bus.publish(e);
-    }
-    debug_assert!(bus.last_seq() <= last);
-    Ok(())
 }
 
 /// A stable digest of an execute request (FNV-1a 64 over its canonical JSON),

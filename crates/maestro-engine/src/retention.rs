@@ -4,7 +4,9 @@
 //!
 //! - An execution is deleted (with its steps, attempts and idempotency keys)
 //!   once it **finished** longer ago than `executions_ms`; pending, running and
-//!   paused executions are never deleted, however old.
+//!   paused executions are never deleted, however old, nor one that a live
+//!   `Idempotency-Key` claim points at (it stays until the claim expires, 24 h
+//!   after its creation).
 //! - An event is deleted once its `timestamp` is older than `events_ms`. Seqs
 //!   are never reused; a client resuming from before the horizon (SSE
 //!   `Last-Event-ID`, a lagging webhook subscription) continues with the oldest
@@ -59,7 +61,7 @@ pub async fn purge(store: &dyn Store, retention: Retention, now: Timestamp) -> R
     let mut out = Purged::default();
     if let Some(ms) = retention.executions_ms {
         let before = now.saturating_sub(ms);
-        out.executions = paced(move |n| store.purge_executions(before, n)).await?;
+        out.executions = paced(move |n| store.purge_executions(before, now, n)).await?;
     }
     if let Some(ms) = retention.events_ms {
         let before = now.saturating_sub(ms);

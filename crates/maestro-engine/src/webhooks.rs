@@ -10,7 +10,8 @@
 //! allow-list is not retried. Deliveries go through the same [`Outbound`]
 //! port (allow-list, no redirects, no proxies) as the `callback` error handler.
 //!
-//! Each POST carries the event as JSON (sensitive outputs masked), and the
+//! Each POST carries the event as JSON, masked as a non-admin reader sees it
+//! ([`EventMasker`]: sensitive values of the event's execution), and the
 //! headers `X-Maestro-Delivery: <subscriptionId>:<seq>` (the same on every
 //! retry, so receivers can drop duplicates), `X-Maestro-Event: <type>` and
 //! `X-Maestro-Signature: sha256=<hex HMAC-SHA256 of the body with the
@@ -37,7 +38,7 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::now_ms;
 use crate::eventbus::EventBus;
 use crate::feed::{Feed, Overflow};
-use crate::redact::{self, SensitiveIndex};
+use crate::redact::EventMasker;
 use crate::registry::Registry;
 
 /// Live events a subscription's worker may fall behind before it catches up
@@ -170,7 +171,7 @@ impl Webhooks {
         ) {
             old.stop.cancel();
         }
-        let registry = self.registry.clone();
+        let mut masker = EventMasker::new(self.store.clone(), self.registry.clone());
         let store = self.store.clone();
         tokio::spawn(async move {
             let mut stored = cursor;
@@ -178,8 +179,7 @@ impl Webhooks {
             // The last event delivered or given up on.
             let mut handled = cursor;
             while let Some(event) = feed.next(&stop).await {
-                let idx = SensitiveIndex::from_registry(&registry);
-                let event = redact::event(idx.as_ref(), event);
+                let event = masker.event(event).await;
                 deliver(&*outbound, &sub, &event, &counters, &stop).await;
                 if stop.is_cancelled() {
                     // Maybe not handled: delivered again after the restart.

@@ -8,22 +8,26 @@
 //!   a pool of read-only connections; the schema lives in `migrations/sqlite`.
 //! - [`PostgresStore`] (feature `postgres`): the same tables on PostgreSQL, one
 //!   pool of connections, event seqs allocated in commit order from a counter row;
-//!   the schema lives in `migrations/postgres`. [`ScratchSchema`] gives tests a
-//!   throwaway schema on a real server.
+//!   the schema lives in `migrations/postgres`.
 //!
-//! All keep rows per execution, per step and per attempt (DESIGN.md
-//! "Durability"): a [`Batch`](maestro_core::ports::Batch) upserts exactly the rows
-//! that changed, in one transaction, and gives the batch's events their `seq` in
-//! commit order. [`conformance`] is the suite of checks every backend must pass;
-//! it is compiled into the library so that other crates (backends of their own, the
-//! engine's tests) can run it against their own store.
+//! All keep rows per execution, per step and per attempt (docs/ARCHITECTURE.md
+//! "The commit", docs/STORAGE.md): a [`Batch`](maestro_core::ports::Batch) upserts
+//! exactly the rows that changed, in one transaction, and gives the batch's events
+//! their `seq` in commit order.
+//!
+//! Feature `test-util` (for tests; other crates enable it in their
+//! `[dev-dependencies]`) adds `conformance`, the suite of checks every backend
+//! must pass, which other crates can run against a store of their own, and, with
+//! `postgres`, `ScratchSchema`, a throwaway schema on a real server.
 //!
 //! Semantics every backend shares, where the port leaves a choice:
 //! - `query_executions`: `created_after` / `created_before` are inclusive bounds;
 //!   newest first (`created_at` desc, then `id` desc); `limit` 0 answers no items
 //!   (but the `total`).
-//! - An execute idempotency key already stored is kept (first writer wins); a
-//!   batch carrying it again still commits.
+//! - Execute idempotency keys are claimed inside the commit, before its rows
+//!   (`KeyClaim`): a claim wins when the key is free or its claim expired, and
+//!   a new execution whose claim lost is not written; the rest of the batch
+//!   commits all the same.
 //! - A step row needs its execution header, an attempt row its step row, in the
 //!   store or earlier in the same batch; otherwise the whole batch is refused.
 //! - A deleted workflow is not found by id, nor listed, but each of its revisions
@@ -66,6 +70,7 @@
 //! # }
 //! ```
 
+#[cfg(feature = "test-util")]
 pub mod conformance;
 mod error;
 mod memory;
@@ -79,7 +84,9 @@ mod sqlite;
 pub use error::{Error, Result};
 pub use memory::MemoryStore;
 #[cfg(feature = "postgres")]
-pub use postgres::{PostgresStore, ScratchSchema};
+pub use postgres::PostgresStore;
+#[cfg(all(feature = "postgres", feature = "test-util"))]
+pub use postgres::ScratchSchema;
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStore;
 

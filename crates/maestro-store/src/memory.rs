@@ -12,9 +12,10 @@ use maestro_core::model::{
     StepExecution, StepMap, Timestamp, Workflow, WorkflowExecution,
 };
 use maestro_core::ports::{
-    AgentStore, Batch, ConfigStore, EventOrder, EventStore, ExecutionHeader, ExecutionQuery,
-    ExecutionStats, ExecutionStore, IdempotencyRecord, LeaseStore, Page, SubscriptionRecord,
-    SubscriptionStore, TaskRecord, TaskStatus, TaskStore, TokenRecord, TokenStore, WorkflowStore,
+    AgentStore, Batch, Claimed, Committed, ConfigStore, EventOrder, EventStore, ExecutionHeader,
+    ExecutionQuery, ExecutionStats, ExecutionStore, HeldClaim, IdempotencyRecord, LeaseStore, Page,
+    SubscriptionRecord, SubscriptionStore, TaskRecord, TaskStatus, TaskStore, TokenRecord,
+    TokenStore, WorkflowStore,
 };
 use serde_json::Value;
 
@@ -284,16 +285,45 @@ impl WorkflowStore for MemoryStore {
 
 #[async_trait]
 impl ExecutionStore for MemoryStore {
-    async fn commit(&self, batch: Batch) -> Result<Vec<ChoreographyEvent>> {
+    async fn commit(&self, mut batch: Batch) -> Result<Committed> {
         crate::refuse_fence(&batch)?;
         let mut state = self.lock();
+        // Claims first, decided in order against the stored claims and the
+        // earlier claims of the batch; nothing is applied before the batch is
+        // known to be valid.
+        let mut won: HashMap<(String, String), IdempotencyRecord> = HashMap::new();
+        let mut claims = Vec::with_capacity(batch.claims.len());
+        for c in &batch.claims {
+            let k = (c.workflow_id.clone(), c.key.clone());
+            let held = won
+                .get(&k)
+                .or_else(|| state.idempotency_keys.get(&k))
+                .map(|r| HeldClaim {
+                    execution_id: r.execution_id.clone(),
+                    request_hash: r.request_hash.clone(),
+                    expires_at: r.expires_at,
+                    unfinished: state
+                        .executions
+                        .get(&r.execution_id)
+                        .is_some_and(|e| is_unfinished(e.header.execution.status)),
+                });
+            let answer = c.decide(held.as_ref());
+            if answer == Claimed::Won
+                && let Some(record) = c.record()
+                && held.is_none_or(|h| h.execution_id != record.execution_id)
+            {
+                won.insert(k, record);
+            }
+            claims.push(answer);
+        }
+        batch.drop_executions(&batch.losers(&claims));
         state.check_references(&batch)?;
         let Batch {
             executions,
             steps,
             attempts,
             events,
-            idempotency_keys,
+            claims: _,
             fence: _,
         } = batch;
         for header in executions {
@@ -335,14 +365,11 @@ impl ExecutionStore for MemoryStore {
                     .insert((row.step_id, row.attempt.attempt), row.attempt);
             }
         }
-        for record in idempotency_keys {
-            // First writer wins, as with the SQL backends' ON CONFLICT DO NOTHING.
-            state
-                .idempotency_keys
-                .entry((record.workflow_id.clone(), record.key.clone()))
-                .or_insert(record);
-        }
-        Ok(state.append(events))
+        state.idempotency_keys.extend(won);
+        Ok(Committed {
+            events: state.append(events),
+            claims,
+        })
     }
 
     async fn get_execution(&self, id: &str) -> Result<Option<WorkflowExecution>> {
@@ -426,15 +453,28 @@ impl ExecutionStore for MemoryStore {
         }))
     }
 
-    async fn purge_executions(&self, before: Timestamp, limit: usize) -> Result<u64> {
+    async fn purge_executions(
+        &self,
+        before: Timestamp,
+        now: Timestamp,
+        limit: usize,
+    ) -> Result<u64> {
         let mut state = self.lock();
+        // An execution a live key claim points at stays until the claim expires.
+        let claimed: std::collections::HashSet<&str> = state
+            .idempotency_keys
+            .values()
+            .filter(|r| r.expires_at > now)
+            .map(|r| r.execution_id.as_str())
+            .collect();
         let mut old: Vec<(Timestamp, String)> = state
             .executions
             .iter()
             .filter_map(|(id, e)| {
                 let x = &e.header.execution;
                 let done = x.completed_at?;
-                (!is_unfinished(x.status) && done < before).then(|| (done, id.clone()))
+                (!is_unfinished(x.status) && done < before && !claimed.contains(id.as_str()))
+                    .then(|| (done, id.clone()))
             })
             .collect();
         old.sort();
@@ -803,18 +843,6 @@ impl LeaseStore for MemoryStore {
         }
     }
 
-    async fn renew_leases(&self, node_id: &str, now: Timestamp, ttl_ms: u64) -> Result<u64> {
-        let until = now.saturating_add(ttl_ms);
-        let mut n = 0;
-        for (holder, expires_at) in self.lock().leases.values_mut() {
-            if holder == node_id {
-                *expires_at = until;
-                n += 1;
-            }
-        }
-        Ok(n)
-    }
-
     async fn release_lease(&self, execution_id: &str, node_id: &str) -> Result<bool> {
         let mut state = self.lock();
         if state
@@ -826,21 +854,5 @@ impl LeaseStore for MemoryStore {
             return Ok(true);
         }
         Ok(false)
-    }
-
-    async fn expired_leases(&self, now: Timestamp, limit: usize) -> Result<Vec<String>> {
-        let state = self.lock();
-        let mut expired: Vec<(Timestamp, &String)> = state
-            .leases
-            .iter()
-            .filter(|(_, (_, expires_at))| *expires_at < now)
-            .map(|(id, (_, expires_at))| (*expires_at, id))
-            .collect();
-        expired.sort();
-        Ok(expired
-            .into_iter()
-            .take(limit)
-            .map(|(_, id)| id.clone())
-            .collect())
     }
 }

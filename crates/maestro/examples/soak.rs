@@ -26,6 +26,16 @@
 //!   level, or it exits 1.
 //!   Runs shorter than 5 minutes (the CI smoke run) only require every execute
 //!   request to be accepted and the server to exit cleanly.
+//! - `--churn N` (0, off, by default; `scripts/soak.sh` runs 3000, CI 300):
+//!   after the load, a connection-churn phase. N connections are opened and
+//!   held: a third silent, a third sending half a request head, a third kept
+//!   alive after one request. The server (started with a 2 s
+//!   `headerReadTimeoutMs`) must close every silent and half-head one itself;
+//!   then the client closes the rest, and the server's fds must return to
+//!   their level before the phase. With N ≥ 1000 the server's RSS is sampled
+//!   for 30 s more and must have given back at least three quarters of what
+//!   the connections took (a smaller churn is within the noise). Otherwise it
+//!   exits 1.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -40,16 +50,22 @@ use serde_json::{Value, json};
 
 const ADMIN: &str = "soak-admin-token";
 const MAX_IN_FLIGHT: usize = 64;
+/// The server's `headerReadTimeoutMs` in the soak (short: the churn phase waits for it).
+const HEADER_TIMEOUT_MS: u64 = 2_000;
+/// How long after the churn's connections are closed its memory is sampled.
+const SETTLE_S: u64 = 30;
 
 struct Args {
     seconds: u64,
     rate: u64,
+    churn: u64,
 }
 
 fn args() -> Args {
     let mut a = Args {
         seconds: 60,
         rate: 200,
+        churn: 0,
     };
     let v: Vec<String> = std::env::args().collect();
     let mut i = 1;
@@ -59,6 +75,7 @@ fn args() -> Args {
             ("--minutes", Some(n)) => a.seconds = n * 60,
             ("--seconds", Some(n)) => a.seconds = n,
             ("--rate", Some(n)) => a.rate = n.max(1),
+            ("--churn", Some(n)) => a.churn = n,
             _ => {
                 i += 1;
                 continue;
@@ -159,6 +176,11 @@ async fn main() {
         .env("MAESTRO_RETENTION_EXECUTIONS_MS", "60000")
         .env("MAESTRO_RETENTION_EVENTS_MS", "60000")
         .env("MAESTRO_MAX_CONCURRENT_WORKFLOWS", "1000")
+        // The churn phase waits for the server to close silent connections.
+        .env(
+            "MAESTRO_HEADER_READ_TIMEOUT_MS",
+            HEADER_TIMEOUT_MS.to_string(),
+        )
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -288,6 +310,11 @@ async fn main() {
             p99(&mut window) as f64 / 1000.0
         );
     }
+    let churned = if a.churn > 0 {
+        churn(&base, pid, a.churn).await
+    } else {
+        true
+    };
     let _ = Command::new("kill")
         .args(["-TERM", &pid.to_string()])
         .status();
@@ -314,7 +341,7 @@ async fn main() {
         // Too short to tell growth from warm-up: a smoke run (CI) only needs
         // every request accepted and a clean exit.
         println!("short run: no flatness verdict; refused {refused}");
-        if refused > 0 || !status.success() {
+        if refused > 0 || !status.success() || !churned {
             std::process::exit(1);
         }
         return;
@@ -324,7 +351,165 @@ async fn main() {
     let fd_room = MAX_IN_FLIGHT as u64 + 16;
     let flat = rss_growth <= 25.0 && max_fd <= base_fd + fd_room && status.success();
     println!("{}", if flat { "FLAT: ok" } else { "NOT FLAT" });
-    if !flat {
+    if !flat || !churned {
         std::process::exit(1);
+    }
+}
+
+/// The kinds of connection the churn phase holds.
+const SILENT: usize = 0;
+const HALF_HEAD: usize = 1;
+const KEPT_ALIVE: usize = 2;
+
+/// The connection-churn phase (see the top of this file): answers whether it
+/// passed.
+async fn churn(base: &str, pid: u32, n: u64) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = base.trim_start_matches("http://").to_owned();
+    // Let the load's last requests and executions finish.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (rss0, fd0) = (rss_kib(pid), fds(pid));
+    println!();
+    println!(
+        "churn: {n} connections (silent, half a head, kept alive after one request); \
+         headerReadTimeoutMs {HEADER_TIMEOUT_MS}"
+    );
+    println!("| phase | t (s) | RSS (MiB) | fds |");
+    println!("|---|---:|---:|---:|");
+    let row = |phase: &str, t: Instant| {
+        println!(
+            "| {phase} | {:.0} | {:.1} | {} |",
+            t.elapsed().as_secs_f64(),
+            rss_kib(pid) as f64 / 1024.0,
+            fds(pid)
+        )
+    };
+    let t0 = Instant::now();
+    row("before", t0);
+    let release = tokio_util::sync::CancellationToken::new();
+    // [opened, closed by the server] per kind.
+    let counts = Arc::new([(); 6].map(|_| AtomicU64::new(0)));
+    // Opened 200 at a time: the listen backlog is not the subject here.
+    let opening = Arc::new(tokio::sync::Semaphore::new(200));
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..n as usize {
+        let (addr, release, counts) = (addr.clone(), release.clone(), counts.clone());
+        let permit = opening.clone().acquire_owned().await.unwrap();
+        tasks.spawn(async move {
+            let kind = i % 3;
+            let Ok(mut c) = tokio::net::TcpStream::connect(&addr).await else {
+                return;
+            };
+            let mut buf = vec![0u8; 1024];
+            match kind {
+                HALF_HEAD => {
+                    let _ = c
+                        .write_all(b"GET /healthz HTTP/1.1\r\nhost: soak\r\n")
+                        .await;
+                }
+                KEPT_ALIVE => {
+                    let _ = c
+                        .write_all(b"GET /healthz HTTP/1.1\r\nhost: soak\r\n\r\n")
+                        .await;
+                    // The answer is small: one read holds it.
+                    if !matches!(c.read(&mut buf).await, Ok(n) if n > 0) {
+                        return;
+                    }
+                }
+                _ => {}
+            }
+            counts[kind].fetch_add(1, Ordering::Relaxed);
+            drop(permit);
+            let closed = tokio::select! {
+                _ = release.cancelled() => false,
+                _ = until_closed(&mut c) => true,
+            };
+            if closed {
+                counts[3 + kind].fetch_add(1, Ordering::Relaxed);
+            }
+        });
+    }
+    // Wait for the last ones to be open.
+    let _ = opening.acquire_many(200).await;
+    row("all open", t0);
+    let peak = rss_kib(pid);
+    let get = |i: usize| counts[i].load(Ordering::Relaxed);
+    // The server must close the silent and half-head ones by itself; a
+    // connection the kernel completed before the server accepted it starts
+    // its clock late, hence the room.
+    let deadline = Instant::now() + Duration::from_millis(2 * HEADER_TIMEOUT_MS + 10_000);
+    while (get(3 + SILENT) < get(SILENT) || get(3 + HALF_HEAD) < get(HALF_HEAD))
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    row("silent and half-head closed", t0);
+    println!(
+        "opened: {} silent, {} half-head, {} kept alive; closed by the server: {}, {}, {}",
+        get(SILENT),
+        get(HALF_HEAD),
+        get(KEPT_ALIVE),
+        get(3 + SILENT),
+        get(3 + HALF_HEAD),
+        get(3 + KEPT_ALIVE)
+    );
+    let timed_out = get(3 + SILENT) == get(SILENT) && get(3 + HALF_HEAD) == get(HALF_HEAD);
+    let opened = get(SILENT) + get(HALF_HEAD) + get(KEPT_ALIVE);
+    release.cancel();
+    while tasks.join_next().await.is_some() {}
+    row("all closed", t0);
+    let settle = if n >= 1000 { SETTLE_S } else { 3 };
+    let mut last = (0, 0);
+    for i in 1..=settle {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        last = (rss_kib(pid), fds(pid));
+        if i % 5 == 0 {
+            row(&format!("{i} s later"), t0);
+        }
+    }
+    let (rss1, fd1) = last;
+    let took = peak.saturating_sub(rss0);
+    let kept = rss1.saturating_sub(rss0);
+    println!(
+        "churn: RSS {:.1} → {:.1} (all open) → {:.1} MiB ({settle} s after closing): kept {:.0} % of what the connections took; fds {fd0} → {fd1}",
+        rss0 as f64 / 1024.0,
+        peak as f64 / 1024.0,
+        rss1 as f64 / 1024.0,
+        kept as f64 * 100.0 / took.max(1) as f64
+    );
+    let mut ok = true;
+    if opened < n * 9 / 10 {
+        println!("CHURN: only {opened} of {n} connections could be opened");
+        ok = false;
+    }
+    if !timed_out {
+        println!(
+            "CHURN: the server left silent or half-head connections open past its header timeout"
+        );
+        ok = false;
+    }
+    // Loopback sockets in TIME_WAIT are the client's; the server's fds return.
+    if fd1 > fd0 + 16 {
+        println!("CHURN: the server's fds did not come back ({fd0} → {fd1})");
+        ok = false;
+    }
+    if n >= 1000 && kept * 4 > took {
+        println!("CHURN: the server kept more than a quarter of the memory the connections took");
+        ok = false;
+    }
+    if ok {
+        println!("CHURN: ok");
+    }
+    ok
+}
+
+/// Resolves when the server closes (or resets) the connection.
+async fn until_closed(c: &mut tokio::net::TcpStream) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 512];
+    while let Ok(n) = c.read(&mut buf).await {
+        if n == 0 {
+            return;
+        }
     }
 }

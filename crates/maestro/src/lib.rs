@@ -3,5 +3,6 @@
 //! real server in-process as well as run the binary.
 
 pub mod cli;
+mod private;
 pub mod serve;
 pub mod settings;

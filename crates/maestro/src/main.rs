@@ -11,6 +11,14 @@ use tracing_subscriber::EnvFilter;
 use tracing_subscriber::prelude::*;
 use tracing_subscriber::reload;
 
+/// jemalloc with background threads: memory freed by closed connections goes
+/// back to the system within seconds, where glibc's malloc kept it
+/// (docs/RELIABILITY.md "Connection churn"). Off: `--no-default-features`
+/// (the heap profile of `scripts/soak-heap.sh` needs the system allocator).
+#[cfg(all(feature = "jemalloc", not(target_env = "msvc")))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Debug, Parser)]
 #[command(name = "maestro", version, about = "Durable multi-agent orchestration")]
 struct Cli {
@@ -154,13 +162,13 @@ async fn run(settings: settings::Settings) -> anyhow::Result<()> {
     println!("maestro listening on http://{}", running.addr);
     tracing::info!(addr = %running.addr, data_dir = %settings.server.data_dir.display(), "maestro ready");
 
-    // Apply logLevel changes made through PATCH /maestro/config.
-    let maestro = running.maestro.clone();
+    // Apply logLevel changes made through PATCH /maestro/config (here or on
+    // another node) as they happen.
+    let mut changes = running.maestro.watch_config();
     let watcher = tokio::spawn(async move {
-        let mut current = maestro.get_config().log_level;
-        loop {
-            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-            let wanted = maestro.get_config().log_level;
+        let mut current = changes.borrow_and_update().log_level;
+        while changes.changed().await.is_ok() {
+            let wanted = changes.borrow_and_update().log_level;
             if wanted != current {
                 current = wanted;
                 let _ = log.reload(EnvFilter::new(level_directive(wanted.as_str())));

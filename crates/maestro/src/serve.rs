@@ -10,7 +10,7 @@ use maestro_api::auth::Auth;
 use maestro_api::outbound::{AllowList, HttpOutbound};
 use maestro_api::push::{HttpPushInvoker, PushOptions};
 use maestro_api::{ApiOptions, AppState};
-use maestro_core::choreography::Limits;
+use maestro_core::choreography::{CelBudget, Limits};
 use maestro_core::ports::{ClusterStore, Store};
 use maestro_engine::cluster::ClusterOptions;
 use maestro_engine::{Maestro, MaestroOptions};
@@ -43,12 +43,8 @@ impl std::fmt::Debug for Running {
 
 /// Open the store named by the settings: `sqlite://<path>` or, with the
 /// `postgres` feature (on by default), `postgres://...` with a pool of
-/// `databaseMaxConnections` connections.
-pub async fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
-    Ok(open_backend(settings).await?.0)
-}
-
-/// The store, and its cluster side when it has one (PostgreSQL).
+/// `databaseMaxConnections` connections; with its cluster side when it has one
+/// (PostgreSQL).
 async fn open_backend(
     settings: &Settings,
 ) -> anyhow::Result<(Arc<dyn Store>, Option<Arc<dyn ClusterStore>>)> {
@@ -58,6 +54,11 @@ async fn open_backend(
     }
     if !url.starts_with("sqlite:") {
         bail!("unsupported databaseUrl {url:?} (sqlite://<path> or postgres://...)");
+    }
+    // Created 0600 before SQLite opens it (it gives `-wal` and `-shm` the
+    // database's mode), or tightened: it holds secrets in plain text.
+    if let Some(file) = SqliteStore::file_of_url(&url) {
+        crate::private::sqlite_files(&file)?;
     }
     let store = SqliteStore::open_url(&url)
         .await
@@ -88,8 +89,11 @@ async fn open_postgres(
 /// Start everything; answers once `/readyz` would answer 200.
 pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     let srv = &settings.server;
-    std::fs::create_dir_all(&srv.data_dir)
-        .with_context(|| format!("creating the data dir {}", srv.data_dir.display()))?;
+    // Owner-only (0700, files 0600), whatever the umask: see `private`.
+    crate::private::data_dir(&srv.data_dir)?;
+    for file in ["node.id", "admin.token"] {
+        crate::private::tighten(&srv.data_dir.join(file));
+    }
     let (store, cluster_store) = open_backend(&settings).await?;
     let node_id = node_id(&srv.data_dir)?;
     // PostgreSQL: a cluster of any number of nodes. SQLite: one server per file.
@@ -120,9 +124,13 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     opts.config = settings.runtime.clone();
     opts.health_probe = Some(Arc::new(push.health_probe()));
     opts.http_invoker = Some(Arc::new(push));
-    opts.outbound = Some(Arc::new(HttpOutbound::new(allow)));
+    opts.outbound = Some(Arc::new(HttpOutbound::new(allow.clone())));
     opts.limits = Limits {
         max_steps: srv.max_steps_per_workflow,
+        cel: CelBudget {
+            max_cost: srv.cel_max_cost,
+            max_list_size: srv.cel_max_list_size,
+        },
         ..Limits::default()
     };
     opts.max_queued_executions = srv.max_queued_executions;
@@ -161,6 +169,10 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
             sse_queue: srv.sse_queue,
             sse_keepalive_ms: srv.sse_keepalive_ms,
             auth_failures_per_minute: srv.auth_failures_per_minute,
+            header_read_timeout_ms: srv.header_read_timeout_ms,
+            keep_alive_idle_timeout_ms: srv.keep_alive_idle_timeout_ms,
+            max_connections: srv.max_connections,
+            outbound: allow,
         },
     );
     let listener = tokio::net::TcpListener::bind(srv.listen)
@@ -211,8 +223,7 @@ fn node_id(data_dir: &std::path::Path) -> anyhow::Result<String> {
         Ok(id) if !id.trim().is_empty() => Ok(id.trim().to_owned()),
         _ => {
             let id = format!("node_{}", uuid::Uuid::new_v4().simple());
-            std::fs::write(&path, format!("{id}\n"))
-                .with_context(|| format!("writing {}", path.display()))?;
+            crate::private::write(&path, &format!("{id}\n"))?;
             Ok(id)
         }
     }

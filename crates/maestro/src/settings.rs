@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use figment::Figment;
 use figment::providers::{Format, Serialized, Toml};
+use maestro_core::choreography::CelBudget;
 use maestro_core::model::MaestroConfig;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -50,6 +51,12 @@ pub struct ServerSettings {
     pub max_body_bytes: usize,
     pub max_queued_executions: usize,
     pub max_steps_per_workflow: usize,
+    /// Most estimated work units of one CEL condition: over it, refused at
+    /// definition (400 `INVALID_CONDITION`) or, on an execution's values, before
+    /// evaluation (`CONDITION_ERROR`). See docs/SECURITY.md "CEL budget".
+    pub cel_max_cost: u64,
+    /// Most elements of any list or map one CEL condition may build.
+    pub cel_max_list_size: u64,
     pub max_json_depth: usize,
     pub max_output_bytes: usize,
     /// How long a shutdown waits for requests and agent calls in flight.
@@ -62,6 +69,15 @@ pub struct ServerSettings {
     pub sse_queue: usize,
     /// SSE keep-alive comment interval, ms.
     pub sse_keepalive_ms: u64,
+    /// A request head must be complete within this long of the connection's
+    /// accept (or of its first byte on a kept-alive connection), ms.
+    pub header_read_timeout_ms: u64,
+    /// A kept-alive connection with no request in flight is closed this long
+    /// after its last response, ms.
+    pub keep_alive_idle_timeout_ms: u64,
+    /// Open client connections at most (also kept under three quarters of the
+    /// open-file limit); more are answered 503 and closed.
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -87,6 +103,8 @@ impl Default for ServerSettings {
             max_body_bytes: 1 << 20,
             max_queued_executions: 10_000,
             max_steps_per_workflow: 1000,
+            cel_max_cost: CelBudget::default().max_cost,
+            cel_max_list_size: CelBudget::default().max_list_size,
             max_json_depth: 64,
             max_output_bytes: 1 << 20,
             drain_timeout_ms: 10_000,
@@ -94,6 +112,9 @@ impl Default for ServerSettings {
             max_wait_ms: 60_000,
             sse_queue: 1024,
             sse_keepalive_ms: 15_000,
+            header_read_timeout_ms: 10_000,
+            keep_alive_idle_timeout_ms: 60_000,
+            max_connections: 10_000,
         }
     }
 }
@@ -115,10 +136,15 @@ impl ServerSettings {
             ("maxBodyBytes", self.max_body_bytes as u64),
             ("maxQueuedExecutions", self.max_queued_executions as u64),
             ("maxStepsPerWorkflow", self.max_steps_per_workflow as u64),
+            ("celMaxCost", self.cel_max_cost),
+            ("celMaxListSize", self.cel_max_list_size),
             ("maxJsonDepth", self.max_json_depth as u64),
             ("maxOutputBytes", self.max_output_bytes as u64),
             ("sseQueue", self.sse_queue as u64),
             ("sseKeepaliveMs", self.sse_keepalive_ms),
+            ("headerReadTimeoutMs", self.header_read_timeout_ms),
+            ("keepAliveIdleTimeoutMs", self.keep_alive_idle_timeout_ms),
+            ("maxConnections", self.max_connections as u64),
             (
                 "authFailuresPerMinute",
                 u64::from(self.auth_failures_per_minute),
@@ -180,6 +206,8 @@ const SERVER_KEYS: &[&str] = &[
     "maxBodyBytes",
     "maxQueuedExecutions",
     "maxStepsPerWorkflow",
+    "celMaxCost",
+    "celMaxListSize",
     "maxJsonDepth",
     "maxOutputBytes",
     "drainTimeoutMs",
@@ -187,6 +215,9 @@ const SERVER_KEYS: &[&str] = &[
     "maxWaitMs",
     "sseQueue",
     "sseKeepaliveMs",
+    "headerReadTimeoutMs",
+    "keepAliveIdleTimeoutMs",
+    "maxConnections",
 ];
 
 const RUNTIME_KEYS: &[&str] = &[
@@ -407,6 +438,27 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    #[test]
+    fn cel_budget_settings() {
+        let s = load(&Flags::default(), &[]).unwrap();
+        assert_eq!(s.server.cel_max_cost, 1_000_000);
+        assert_eq!(s.server.cel_max_list_size, 10_000);
+        let s = load(
+            &Flags::default(),
+            &env(&[
+                ("MAESTRO_CEL_MAX_COST", "5000"),
+                ("MAESTRO_CEL_MAX_LIST_SIZE", "100"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            (s.server.cel_max_cost, s.server.cel_max_list_size),
+            (5000, 100)
+        );
+        let e = load(&Flags::default(), &env(&[("MAESTRO_CEL_MAX_COST", "0")])).unwrap_err();
+        assert!(e.to_string().contains("celMaxCost"), "{e}");
     }
 
     #[test]

@@ -32,6 +32,15 @@ const LOCAL: &[&str] = &[
     "::ffff:127.0.0.1",
     "::ffff:10.0.0.1",
     "64:ff9b::7f00:1",
+    // IPv4 carried in IPv6: compatible, SIIT, 6to4, NAT64 (well-known and local-use).
+    "::127.0.0.1",
+    "::10.0.0.1",
+    "::ffff:0:7f00:1",
+    "2002:7f00:1::1",
+    "2002:a00:1::",
+    "64:ff9b::a00:1",
+    "64:ff9b:1::808:808",
+    "64:ff9b:1:ffff::1",
 ];
 const PUBLIC: &[&str] = &[
     "8.8.8.8",
@@ -40,6 +49,11 @@ const PUBLIC: &[&str] = &[
     "100.128.0.1",
     "2001:4860:4860::8888",
     "::ffff:8.8.8.8",
+    "::8.8.8.8",
+    "2002:808:808::1",
+    "64:ff9b::808:808",
+    "192.0.1.1",
+    "192.0.2.1",
 ];
 const FORBIDDEN: &[&str] = &[
     "169.254.169.254",
@@ -54,6 +68,24 @@ const FORBIDDEN: &[&str] = &[
     "224.0.0.1",
     "255.255.255.255",
     "ff02::1",
+    // 192.0.0.0/24, IETF protocol assignments (192.0.0.192: Oracle Cloud metadata).
+    "192.0.0.8",
+    "192.0.0.192",
+    "192.0.0.0",
+    "192.0.0.255",
+    "::ffff:192.0.0.170",
+    // Refused IPv4 carried in IPv6.
+    "::169.254.169.254",
+    "::ffff:0:a9fe:a9fe",
+    "2002:a9fe:a9fe::1",
+    "2002:a9fe:a9fe:ffff:ffff:ffff:ffff:ffff",
+    "2002:c000:8::",
+    "64:ff9b::192.0.0.8",
+    "64:ff9b:1::a9fe:a9fe",
+    "64:ff9b:1:a9fe:a9:fe00::",
+    "64:ff9b:1:a9:fe:a9fe::",
+    "64:ff9b:1:0:a9:fea9:fe00:0",
+    "::e000:1",
 ];
 
 #[test]
@@ -158,6 +190,108 @@ fn metadata_is_refused_even_when_listed() {
         assert!(!a.allows(Some("metadata.internal"), ip(s)), "{s}");
     }
     assert!(a.allows(Some("metadata.internal"), ip("10.0.0.1")));
+}
+
+#[test]
+fn the_listen_address_decides_loopback_and_private_literals() {
+    // The rules that refuse at call time refuse at creation: loopback is
+    // allowed on a loopback listener only, and never a forbidden address.
+    let on_loopback = AllowList::default_for_listen(true);
+    let on_any = AllowList::default_for_listen(false);
+    for url in [
+        "http://127.0.0.1:9100",
+        "http://[::1]/x",
+        "http://10.0.0.5:9101/agent",
+        "http://[2002:7f00:1::1]/",
+    ] {
+        assert!(check_new_url(&on_loopback, url).is_ok(), "{url}");
+        let err = check_new_url(&on_any, url).unwrap_err();
+        assert!(matches!(err, OutboundError::Refused(_)), "{url}: {err:?}");
+    }
+    for url in [
+        "http://169.254.169.254/latest/meta-data/",
+        "http://[fe80::1]/",
+        "http://[::169.254.169.254]/",
+        "http://[2002:a9fe:a9fe::1]/",
+        "http://[64:ff9b::a9fe:a9fe]/",
+        "http://192.0.0.8/",
+        "http://0xa9fea9fe/",
+    ] {
+        for allow in [&on_loopback, &on_any] {
+            let err = check_new_url(allow, url).unwrap_err();
+            assert!(matches!(err, OutboundError::Refused(_)), "{url}: {err:?}");
+        }
+    }
+    // Host names are left to the resolver, at call time.
+    for url in ["http://localhost:9/", "https://hooks.example.com/x?a=1"] {
+        assert!(check_new_url(&on_any, url).is_ok(), "{url}");
+    }
+}
+
+#[test]
+fn credentials_in_new_urls_are_refused() {
+    let allow = AllowList::default_for_listen(true);
+    for url in [
+        "http://user:pw@127.0.0.1/",
+        "http://user@hooks.example.com/",
+        "https://:pw@hooks.example.com/",
+        "https://hooks.example.com/x?token=s3cret",
+        "https://hooks.example.com/x?a=1&access_token=s",
+        "https://hooks.example.com/x?apiKey=s",
+        "https://hooks.example.com/x?api-key=s",
+        "https://hooks.example.com/x?X-Amz-Signature=s",
+        "https://hooks.example.com/x?sig=s",
+        "https://hooks.example.com/x?code=s",
+        "https://hooks.example.com/x?Password=s",
+        "https://hooks.example.com/x?client_secret=s",
+        "https://hooks.example.com/x?authToken=s",
+        "https://hooks.example.com/x?auth",
+        "https://hooks.example.com/x?%74oken=s",
+        "https://hooks.example.com/x?SESSION_ID=s",
+    ] {
+        let err = check_new_url(&allow, url).unwrap_err();
+        let OutboundError::InvalidUrl(why) = &err else {
+            panic!("{url}: {err:?}");
+        };
+        assert!(!why.contains("s3cret") && !why.contains("pw"), "{why}");
+    }
+    for url in [
+        "https://hooks.example.com/x",
+        "https://hooks.example.com/x?source=maestro&team=payments",
+        "https://hooks.example.com/token/key?id=1",
+        "https://hooks.example.com/x?keyword=a&author=b&design=c",
+        "http://127.0.0.1:9/x#token",
+    ] {
+        assert!(check_new_url(&allow, url).is_ok(), "{url}");
+    }
+}
+
+#[test]
+fn credential_param_names() {
+    for name in [
+        "token",
+        "TOKEN",
+        "id_token",
+        "refreshToken",
+        "apikey",
+        "api.key",
+        "privateKey",
+        "secret",
+        "x-goog-credential",
+        "passwd",
+        "pwd",
+        "jwt",
+        "hmac",
+        "otp",
+        "sid",
+    ] {
+        assert!(credential_param(name), "{name}");
+    }
+    for name in [
+        "", "id", "source", "keyword", "author", "design", "passage", "codec",
+    ] {
+        assert!(!credential_param(name), "{name}");
+    }
 }
 
 #[test]

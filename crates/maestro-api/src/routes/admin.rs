@@ -8,6 +8,7 @@ use maestro_core::model::{
     AgentHealth, ChoreographyMetrics, EventType, MaestroConfig, Timestamp, validate_id,
 };
 use maestro_core::ports::{SubscriptionRecord, TokenRecord};
+use maestro_core::url::shown;
 use maestro_engine::clock::now_ms;
 use rand::RngCore;
 use schemars::JsonSchema;
@@ -272,6 +273,12 @@ async fn create_token(
         .auth
         .create(role, b.agent_id, name, b.expires_at, now)
         .await?;
+    if let Some(c) = s.maestro.cluster() {
+        // The other nodes learn the new id (they answer unknown ids from memory).
+        c.send(maestro_engine::cluster::Signal::Token {
+            id: m.record.id.clone(),
+        });
+    }
     audit::record(
         &s,
         &who,
@@ -382,14 +389,15 @@ async fn create_subscription(
     if let Some(w) = &b.workflow_id {
         validate_id("workflow", w).map_err(|e| e.field("workflowId"))?;
     }
-    let url = reqwest::Url::parse(&b.url)
-        .map_err(|e| ApiError::validation(format!("url: {e}"), "url"))?;
-    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() || b.url.len() > 2048 {
+    if b.url.len() > 2048 {
         return Err(ApiError::validation(
-            "url must be an http(s) URL with a host, at most 2048 characters",
+            "url must be at most 2048 characters",
             "url",
         ));
     }
+    // Refused now rather than at every delivery: credentials (receivers check
+    // X-Maestro-Signature instead) and literal addresses the outbound rules refuse.
+    crate::outbound::refuse_at_creation(&s.opts.outbound, &b.url, "url", None)?;
     let mut raw = [0u8; 32];
     rand::rng().fill_bytes(&mut raw);
     let secret: String = raw.iter().map(|b| format!("{b:02x}")).collect();
@@ -407,7 +415,8 @@ async fn create_subscription(
         &s,
         &who,
         "subscription.created",
-        json!({"subscriptionId": rec.id, "url": rec.url, "eventTypes": rec.event_types}),
+        // Audit events reach every reader and webhook: the URL without its query.
+        json!({"subscriptionId": rec.id, "url": shown(&rec.url), "eventTypes": rec.event_types}),
     )
     .await;
     Ok((
@@ -417,7 +426,11 @@ async fn create_subscription(
         .into_response())
 }
 
-async fn list_subscriptions(State(s): State<AppState>, mut q: Query) -> ApiResult<Response> {
+async fn list_subscriptions(
+    State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
+    mut q: Query,
+) -> ApiResult<Response> {
     let (limit, offset) = q.page(100, 1000)?;
     q.finish()?;
     let subs: Vec<Value> = s
@@ -425,7 +438,11 @@ async fn list_subscriptions(State(s): State<AppState>, mut q: Query) -> ApiResul
         .list_subscriptions()
         .await?
         .into_iter()
-        .map(|(sub, stats)| {
+        .map(|(mut sub, stats)| {
+            // A query string may carry a receiver's secret: admins only.
+            if !who.is_admin() {
+                sub.url = shown(&sub.url).into_owned();
+            }
             let mut v = serde_json::to_value(sub).unwrap_or_default();
             v["delivery"] = serde_json::to_value(stats).unwrap_or_default();
             v

@@ -94,10 +94,35 @@ async fn register(
     State(s): State<AppState>,
     Json(mut agent): Json<RegisteredAgent>,
 ) -> ApiResult<Response> {
+    vet_endpoint(&s, &agent)?;
     // An operator hold is only set through PATCH .../status.
     agent.status_hold = false;
     let a = s.maestro.register_agent(agent).await?;
     created_with_token(&s, a).await
+}
+
+/// An endpoint with credentials, or to a literal address the outbound rules
+/// refuse, is refused now rather than at every call.
+fn vet_endpoint(s: &AppState, agent: &RegisteredAgent) -> ApiResult<()> {
+    match agent.endpoint.as_deref().map(str::trim) {
+        Some(e) if !e.is_empty() => {
+            crate::outbound::refuse_at_creation(&s.opts.outbound, e, "endpoint", None)
+        }
+        _ => Ok(()),
+    }
+}
+
+/// An agent as `p` may see it: readers and agent tokens get the endpoint
+/// without its query string, which may carry a secret. Admins and operators
+/// register agents, so they see what they would write back (an update
+/// replaces the definition: a hidden query would be dropped by a round trip).
+fn as_seen_by(p: &Principal, mut a: RegisteredAgent) -> RegisteredAgent {
+    if !p.is_operator()
+        && let Some(e) = &mut a.endpoint
+    {
+        *e = maestro_core::url::shown(e).into_owned();
+    }
+    a
 }
 
 /// 201 with a new agent's first token (its secret is shown this once).
@@ -132,6 +157,7 @@ async fn upsert(
         ));
     }
     agent.status_hold = false;
+    vet_endpoint(&s, &agent)?;
     let (created, a) = s.maestro.upsert_agent(agent).await?;
     if created {
         return created_with_token(&s, a).await;
@@ -139,7 +165,11 @@ async fn upsert(
     Ok(axum::Json(json!({"success": true, "agent": a})).into_response())
 }
 
-async fn list(State(s): State<AppState>, mut q: Query) -> ApiResult<Response> {
+async fn list(
+    State(s): State<AppState>,
+    Extension(p): Extension<Principal>,
+    mut q: Query,
+) -> ApiResult<Response> {
     let statuses = q
         .list("status")?
         .into_iter()
@@ -167,6 +197,7 @@ async fn list(State(s): State<AppState>, mut q: Query) -> ApiResult<Response> {
         offset,
         ..query
     });
+    let agents: Vec<_> = agents.into_iter().map(|a| as_seen_by(&p, a)).collect();
     Ok(axum::Json(
         json!({"success": true, "count": agents.len(), "total": total, "agents": agents}),
     )
@@ -180,9 +211,14 @@ fn found(s: &AppState, id: &str) -> ApiResult<RegisteredAgent> {
         .ok_or_else(|| maestro_core::Error::not_found("agent", id).into())
 }
 
-async fn get_one(State(s): State<AppState>, PathId(id): PathId, q: Query) -> ApiResult<Response> {
+async fn get_one(
+    State(s): State<AppState>,
+    Extension(p): Extension<Principal>,
+    PathId(id): PathId,
+    q: Query,
+) -> ApiResult<Response> {
     q.finish()?;
-    let a = found(&s, &id)?;
+    let a = as_seen_by(&p, found(&s, &id)?);
     Ok(axum::Json(json!({"success": true, "agent": a})).into_response())
 }
 
@@ -257,11 +293,17 @@ async fn put_health(
 
 async fn by_capability(
     State(s): State<AppState>,
+    Extension(p): Extension<Principal>,
     PathId(cap): PathId,
     q: Query,
 ) -> ApiResult<Response> {
     q.finish()?;
-    let agents = s.maestro.find_agents_by_capability(&cap);
+    let agents: Vec<_> = s
+        .maestro
+        .find_agents_by_capability(&cap)
+        .into_iter()
+        .map(|a| as_seen_by(&p, a))
+        .collect();
     let n = agents.len();
     Ok(
         axum::Json(json!({"success": true, "count": n, "total": n, "agents": agents}))

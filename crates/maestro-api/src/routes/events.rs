@@ -8,7 +8,6 @@
 //! disconnected; it resumes with `Last-Event-ID` from the log.
 
 use std::convert::Infallible;
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Extension;
@@ -115,12 +114,16 @@ fn filter(q: &mut Query) -> ApiResult<EventFilter> {
 
 /// `total`: every event matching the filter (`after` included), not only
 /// this page. Sensitive outputs are masked for `p`.
-fn listing(s: &AppState, p: &Principal, events: Vec<ChoreographyEvent>, total: u64) -> Response {
-    let idx = redact::index_for(s, p);
-    let events: Vec<ChoreographyEvent> = events
-        .into_iter()
-        .map(|e| redact::event(idx.as_ref(), e))
-        .collect();
+async fn listing(
+    s: &AppState,
+    p: &Principal,
+    events: Vec<ChoreographyEvent>,
+    total: u64,
+) -> Response {
+    let events = match redact::events(s, p) {
+        Some(mut m) => m.events(events).await,
+        None => events,
+    };
     let n = events.len();
     axum::Json(
         json!({"success": true, "count": n, "total": total.max(n as u64),
@@ -139,7 +142,7 @@ async fn history(
     q.finish()?;
     let events = s.maestro.get_event_history(&f, limit).await?;
     let total = s.maestro.store().count_events(&f).await?;
-    Ok(listing(&s, &p, events, total))
+    Ok(listing(&s, &p, events, total).await)
 }
 
 fn page_limit(q: &mut Query) -> ApiResult<(usize, ())> {
@@ -172,7 +175,7 @@ async fn by_correlation(
             ..Default::default()
         })
         .await?;
-    Ok(listing(&s, &p, events, total))
+    Ok(listing(&s, &p, events, total).await)
 }
 
 /// `POST /maestro/events`.
@@ -277,7 +280,7 @@ async fn stream(
     if s.is_draining() {
         return Err(ApiError::NotReady("the server is shutting down".into()));
     }
-    let idx = redact::index_for(&s, &p).map(Arc::new);
+    let masker = redact::events(&s, &p);
     let feed = Feed::new(
         s.maestro.store().clone(),
         s.maestro.bus(),
@@ -289,11 +292,13 @@ async fn stream(
     );
     let shutdown = s.shutdown.clone();
     let events = futures_util::stream::unfold(
-        (feed, shutdown, idx),
-        |(mut feed, shutdown, idx)| async move {
-            let e = feed.next(&shutdown).await?;
-            let e = redact::event(idx.as_deref(), e);
-            Some((Ok(sse_event(&e)), (feed, shutdown, idx)))
+        (feed, shutdown, masker),
+        |(mut feed, shutdown, mut masker)| async move {
+            let mut e = feed.next(&shutdown).await?;
+            if let Some(m) = masker.as_mut() {
+                e = m.event(e).await;
+            }
+            Some((Ok(sse_event(&e)), (feed, shutdown, masker)))
         },
     );
     Ok(Sse::new(events).keep_alive(

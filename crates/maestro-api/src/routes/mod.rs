@@ -327,30 +327,36 @@ async fn guard(State(g): State<Guard>, req: Request, next: Next) -> Response {
     };
     let mut req = Request::from_parts(parts, body);
     let now = maestro_engine::clock::now_ms();
-    // The peer address (absent when the router is served without it, e.g. in
-    // unit tests): failed authentications are counted per address.
-    let peer = req
-        .extensions()
-        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        .map(|c| c.0.ip());
-    if let Some(ip) = peer
-        && let Some(wait) = g.state.failures.blocked(ip, now)
-    {
-        return ApiError::RateLimited(wait).into_response();
+    let mut headers = req.headers().get_all(axum::http::header::AUTHORIZATION).iter();
+    let header = headers.next().map(|v| v.to_str().unwrap_or(""));
+    if headers.next().is_some() {
+        // Which of two credentials wins is up to each proxy and server on the
+        // way: refuse rather than guess.
+        return ApiError::Validation {
+            message: "more than one Authorization header".into(),
+            field: Some("Authorization".into()),
+        }
+        .into_response();
     }
-    let header = req
-        .headers()
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
     let principal = match g.state.auth.authenticate(header, now).await {
         Ok(p) => p,
-        Err(e) => {
-            if let (Some(ip), ApiError::Unauthorized(_)) = (peer, &e) {
-                g.state.failures.failed(ip, now);
+        Err(ApiError::Unauthorized(m)) => {
+            // The peer address (absent when the router is served without it,
+            // e.g. in unit tests): failed authentications are counted per
+            // address, and only failing requests are ever refused by it.
+            let peer = req
+                .extensions()
+                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                .map(|c| c.0.ip());
+            if let Some(ip) = peer {
                 tracing::info!(peer = %ip, "authentication failed");
+                if let Some(wait) = g.state.failures.failed(ip, now) {
+                    return ApiError::RateLimited(wait).into_response();
+                }
             }
-            return e.into_response();
+            return ApiError::Unauthorized(m).into_response();
         }
+        Err(e) => return e.into_response(),
     };
     let agent_in_path = params.iter().find(|(k, _)| *k == "agentId").map(|(_, v)| v);
     if !g.access.allows(&principal, agent_in_path) {

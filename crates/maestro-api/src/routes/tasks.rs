@@ -168,6 +168,10 @@ async fn poll(
             "waitMs",
         ));
     }
+    // `maxWaitMs` bounds how long any request is held open waiting (execute's
+    // `?wait=` too): a longer wait is shortened to it, not refused, so that an
+    // agent written for the default keeps working behind a lower setting.
+    let wait = wait.min(s.opts.max_wait_ms);
     if body.capabilities.len() > 100 {
         return Err(ApiError::validation(
             "at most 100 capabilities",

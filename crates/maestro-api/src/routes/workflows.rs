@@ -6,7 +6,9 @@ use axum::Extension;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use maestro_core::model::{Workflow, WorkflowExecution, validate_id};
+use maestro_core::model::{
+    ErrorHandlerType, Workflow, WorkflowExecution, parse_workflow, validate_id,
+};
 use maestro_engine::ExecuteOptions;
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -71,8 +73,18 @@ fn workflow_id(id: &str) -> ApiResult<()> {
 async fn define(
     State(s): State<AppState>,
     Extension(p): Extension<Principal>,
-    JsonOrYaml(wf): JsonOrYaml<Workflow>,
+    JsonOrYaml(doc): JsonOrYaml<Value>,
 ) -> ApiResult<Response> {
+    // Read as a document first: a step that does not parse is still named by its
+    // `id` (`details.stepId`), as on update.
+    let wf = parse_workflow(&doc)?;
+    for (i, step) in wf.steps.iter().enumerate() {
+        if let Some(h) = &step.error_handler
+            && h.handler_type == ErrorHandlerType::Callback
+        {
+            vet_callback(&s, i, Some(&step.id), &h.action)?;
+        }
+    }
     let wf = s.maestro.define_workflow(wf, &p.name).await?;
     Ok((
         StatusCode::CREATED,
@@ -81,20 +93,55 @@ async fn define(
         .into_response())
 }
 
-async fn list(State(s): State<AppState>, mut q: Query) -> ApiResult<Response> {
+/// A callback URL with credentials, or to a literal address the outbound
+/// rules refuse, is refused now rather than when a step fails. An action that
+/// is not an http(s) URL at all is left to the workflow's validation.
+fn vet_callback(s: &AppState, i: usize, step_id: Option<&str>, action: &str) -> ApiResult<()> {
+    let lower = action.get(..8).unwrap_or(action).to_ascii_lowercase();
+    if !(lower.starts_with("http://") || lower.starts_with("https://")) {
+        return Ok(());
+    }
+    let field = format!("steps[{i}].errorHandler.action");
+    crate::outbound::refuse_at_creation(&s.opts.outbound, action, &field, step_id)
+}
+
+/// A workflow as `p` may see it: readers and agent tokens get callback URLs
+/// without their query string, which may carry a secret. Admins and operators
+/// define workflows, so they see what they would write back (an update with
+/// `steps` replaces them all: a hidden query would be dropped by a round trip).
+fn as_seen_by(p: &Principal, mut wf: Workflow) -> Workflow {
+    if !p.is_operator() {
+        for step in &mut wf.steps {
+            if let Some(h) = &mut step.error_handler
+                && h.handler_type == ErrorHandlerType::Callback
+            {
+                h.action = maestro_core::url::shown(&h.action).into_owned();
+            }
+        }
+    }
+    wf
+}
+
+async fn list(
+    State(s): State<AppState>,
+    Extension(p): Extension<Principal>,
+    mut q: Query,
+) -> ApiResult<Response> {
     let tags = q.list("tags")?;
     let (limit, offset) = q.page(100, 1000)?;
     q.finish()?;
     let page = s.maestro.list_workflows(&tags, limit, offset).await?;
+    let workflows: Vec<_> = page.items.into_iter().map(|w| as_seen_by(&p, w)).collect();
     Ok(axum::Json(
-        json!({"success": true, "count": page.items.len(), "total": page.total,
-        "workflows": page.items}),
+        json!({"success": true, "count": workflows.len(), "total": page.total,
+        "workflows": workflows}),
     )
     .into_response())
 }
 
 async fn get_one(
     State(s): State<AppState>,
+    Extension(p): Extension<Principal>,
     PathId(id): PathId,
     mut q: Query,
 ) -> ApiResult<Response> {
@@ -112,6 +159,7 @@ async fn get_one(
             Some(r) => maestro_core::Error::not_found("workflow revision", format!("{id}@{r}")),
             None => maestro_core::Error::not_found("workflow", &id),
         })?;
+    let wf = as_seen_by(&p, wf);
     Ok(axum::Json(json!({"success": true, "workflow": wf})).into_response())
 }
 
@@ -126,6 +174,18 @@ async fn update(
             message: "the body must be a JSON object (a merge patch of the workflow)".into(),
             field: None,
         });
+    }
+    // A merge patch replaces `steps` whole: every callback the update brings
+    // is in the patch (the ones kept were vetted when they were given).
+    if let Some(steps) = patch.get("steps").and_then(Value::as_array) {
+        for (i, step) in steps.iter().enumerate() {
+            let h = &step["errorHandler"];
+            if h["type"] == "callback"
+                && let Some(action) = h["action"].as_str()
+            {
+                vet_callback(&s, i, step["id"].as_str(), action)?;
+            }
+        }
     }
     let wf = s.maestro.update_workflow(&id, &patch).await?;
     Ok(axum::Json(json!({"success": true, "workflow": wf})).into_response())

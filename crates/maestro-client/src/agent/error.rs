@@ -68,16 +68,17 @@ impl AgentError {
     /// The HTTP status a push agent answers with: 400 `INVALID_INPUT` /
     /// `INVALID_REQUEST`, 401 `UNAUTHORIZED`, 404 `UNKNOWN_CAPABILITY`, 409
     /// `IDEMPOTENCY_KEY_REUSED`, 500 a retryable `AGENT_PANIC`; any other
-    /// code 503 when retryable, else 422 (Maestro retries every 5xx and 429,
-    /// and a 4xx only when the body says `retryable: true`).
+    /// code 503 when retryable, else 422. The body always carries
+    /// `retryable`, which is what Maestro goes by; the status matches it for
+    /// proxies and logs (without the field, Maestro retries 5xx and 429 only).
     pub fn http_status(&self) -> u16 {
         match self.code.as_str() {
             codes::INVALID_INPUT | codes::INVALID_REQUEST => 400,
             codes::UNAUTHORIZED => 401,
             codes::UNKNOWN_CAPABILITY => 404,
             codes::IDEMPOTENCY_KEY_REUSED => 409,
-            // A 5xx is always retried by Maestro; an error that must not be
-            // retried needs a 4xx.
+            // Statuses that agree with `retryable`: a retryable error is a
+            // 5xx, a final one a 4xx.
             codes::AGENT_PANIC if self.retryable => 500,
             _ if self.retryable => 503,
             _ => 422,

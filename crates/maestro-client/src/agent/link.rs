@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use maestro_core::model::Transport;
+use maestro_core::url::shown;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -250,16 +251,18 @@ impl Link {
                         Transport::Poll => "poll",
                         Transport::Inprocess => "inprocess",
                     };
+                    // URLs as logs may show them (no userinfo, no query).
+                    let maestro = shown(&self.base);
                     match endpoint {
                         Some(endpoint) => tracing::info!(agent = %self.agent_id,
-                            maestro = %self.base, transport, endpoint, "{what}"),
+                            %maestro, transport, endpoint = %shown(endpoint), "{what}"),
                         None => tracing::info!(agent = %self.agent_id,
-                            maestro = %self.base, transport, "{what}"),
+                            %maestro, transport, "{what}"),
                     }
                     return Ok(());
                 }
                 Err(CallError::Transient(why)) => {
-                    tracing::warn!(agent = %self.agent_id, maestro = %self.base, error = %why,
+                    tracing::warn!(agent = %self.agent_id, maestro = %shown(&self.base), error = %why,
                         "cannot reach Maestro to register; retrying");
                     if !backoff.wait(cancel).await {
                         return Err(SdkError::Cancelled);

@@ -195,7 +195,7 @@ impl Agent {
             server.abort();
             return Err(e);
         }
-        tracing::info!(agent = %self.id(), %url, "push agent serving");
+        tracing::info!(agent = %self.id(), url = %maestro_core::url::shown(&url), "push agent serving");
 
         let heartbeats = tokio::spawn(heartbeat_loop(
             link,

@@ -1,4 +1,4 @@
-//! CEL expressions, gated.
+//! CEL expressions, gated and budgeted.
 //!
 //! `cel-interpreter` 0.10 is not safe on hostile input: its ANTLR-based parser panics on
 //! many syntax errors (`1 +`, `(`, `'abc`, a stray `é`, ...), overflows the stack on
@@ -14,15 +14,22 @@
 //! [`MAX_NESTING_COST`]. Only then is the expression handed to the real parser; both
 //! the parse and the evaluation still run under `catch_unwind` as a second line of
 //! defence, turning a library panic into an ordinary error.
+//!
+//! Nor does the library bound the work of an evaluation: the parsed expression is
+//! estimated ([`super::budget`]) before it runs, at definition and again on the values
+//! of each evaluation, and refused over its [`CelBudget`].
 
 use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
+use cel_interpreter::extractors::This;
 use cel_interpreter::objects::{Key, Map as CelMap};
-use cel_interpreter::{Context, Program, Value as CelValue};
+use cel_interpreter::{Context, ExecutionError, FunctionContext, Value as CelValue};
+use cel_parser::Expression;
 use serde_json::Value;
 
+use super::budget::{self, CelBudget};
 use super::condition::ConditionError;
 use super::scope::Scope;
 
@@ -40,27 +47,111 @@ const LINK: u32 = 1;
 /// their length. `size(steps["a"].outputs.items) > 0 && x.y == 1` costs 16.
 pub const MAX_NESTING_COST: u32 = 24;
 
+/// A parsed expression, ready to be estimated and evaluated.
+#[derive(Debug)]
+pub(crate) struct Program {
+    expr: Expression,
+    /// The identifiers it names: only those variables are bound.
+    names: Vec<String>,
+    /// The literal patterns of its `matches` calls...
+    patterns: Vec<String>,
+    /// ...compiled at its first evaluation, then shared by all.
+    regexes: OnceLock<Arc<Patterns>>,
+}
+
+type Patterns = HashMap<String, Result<regex::Regex, String>>;
+
+impl Program {
+    /// Whether its worst case, whatever the values of the variables, fits `budget`
+    /// (each variable counts as one small element).
+    pub(crate) fn fits(&self, budget: &CelBudget) -> Result<(), String> {
+        budget.admits(&budget::estimate(&self.expr, None, budget.max_cost))
+    }
+
+    #[cfg(test)]
+    pub(crate) fn expr(&self) -> &Expression {
+        &self.expr
+    }
+
+    fn regexes(&self) -> Arc<Patterns> {
+        self.regexes
+            .get_or_init(|| {
+                let compiled = self
+                    .patterns
+                    .iter()
+                    .map(|p| (p.clone(), budget::build_regex(p)))
+                    .collect();
+                Arc::new(compiled)
+            })
+            .clone()
+    }
+}
+
 /// Compile `source` after the safety check. Errors are human-readable.
 pub(crate) fn compile(source: &str) -> Result<Program, String> {
     check(source)?;
-    let compiled = catch_unwind(AssertUnwindSafe(|| {
-        Program::compile(source).map_err(|e| e.to_string())
+    let parsed = catch_unwind(AssertUnwindSafe(|| {
+        cel_parser::Parser::default()
+            .parse(source)
+            .map_err(|e| e.to_string())
     }));
-    match compiled {
-        Ok(Ok(program)) => Ok(program),
+    match parsed {
+        Ok(Ok(expr)) => {
+            let mut patterns = Vec::new();
+            budget::literal_patterns(&expr, &mut patterns);
+            let mut names = Vec::new();
+            budget::identifiers(&expr, &mut names);
+            Ok(Program {
+                expr,
+                names,
+                patterns,
+                regexes: OnceLock::new(),
+            })
+        }
         Ok(Err(message)) => Err(message),
         Err(_) => Err("the CEL parser could not handle this expression".to_owned()),
     }
 }
 
 /// Evaluate a compiled program with the variables of `scope` bound; the result must be
-/// a bool.
-pub(crate) fn evaluate(program: &Program, scope: &Scope<'_>) -> Result<bool, ConditionError> {
-    let mut context = Context::default();
-    for (name, value) in scope.to_cel_map() {
-        context.add_variable_from_value(name, to_cel(&value));
-    }
-    let outcome = catch_unwind(AssertUnwindSafe(|| program.execute(&context)));
+/// a bool. Refused without running when its estimate on these values is over `budget`.
+pub(crate) fn evaluate(
+    program: &Program,
+    scope: &Scope<'_>,
+    budget: &CelBudget,
+) -> Result<bool, ConditionError> {
+    let vars = scope.cel_variables(Some(&program.names));
+    let estimate = budget::estimate(&program.expr, Some(&vars), budget.max_cost);
+    budget.admits(&estimate).map_err(|e| {
+        ConditionError::new(format!(
+            "CEL expression not evaluated: with this execution's values, {e}"
+        ))
+    })?;
+    let regexes = program.regexes();
+    let outcome = catch_unwind(AssertUnwindSafe(|| {
+        let mut context = Context::default();
+        // The library's `matches` compiles its pattern at every call, up to 10 MiB of
+        // automaton: this one takes literal patterns compiled once, and a smaller limit.
+        context.add_function(
+            "matches",
+            move |ftx: &FunctionContext,
+                  This(text): This<Arc<String>>,
+                  pattern: Arc<String>|
+                  -> Result<bool, ExecutionError> {
+                match regexes.get(pattern.as_str()) {
+                    Some(Ok(re)) => Ok(re.is_match(&text)),
+                    Some(Err(e)) => Err(ftx.error(e)),
+                    None => budget::build_regex(&pattern)
+                        .map(|re| re.is_match(&text))
+                        .map_err(|e| ftx.error(e)),
+                }
+            },
+        );
+        for (name, value) in &vars {
+            context.add_variable_from_value(name.clone(), to_cel(value));
+        }
+        CelValue::resolve(&program.expr, &context)
+    }));
     match outcome {
         Ok(Ok(CelValue::Bool(b))) => Ok(b),
         Ok(Ok(other)) => Err(ConditionError::new(format!(
@@ -777,7 +868,7 @@ mod tests {
                         layers: vec![&layer],
                         ..Scope::default()
                     };
-                    let _ = evaluate(&p, &scope);
+                    let _ = evaluate(&p, &scope, &CelBudget::default());
                     Ok::<(), String>(())
                 })
                 .expect("spawn");
@@ -795,7 +886,13 @@ mod tests {
             layers: vec![&layer],
             ..Scope::default()
         };
-        let run = |s: &str| evaluate(&compile(s).expect("compiles"), &scope);
+        let run = |s: &str| {
+            evaluate(
+                &compile(s).expect("compiles"),
+                &scope,
+                &CelBudget::default(),
+            )
+        };
         assert_eq!(run("n + 1 == 6 && n > 4.5 && big > n && f < 2"), Ok(true));
         assert_eq!(run("s == 'abd' || 3 in l || !m.k"), Ok(false));
         assert!(run("n + 1").is_err(), "non-bool result");
@@ -821,7 +918,7 @@ mod tests {
         ], 0..16)) {
             let s = parts.concat();
             if check(&s).is_ok() {
-                let parsed = catch_unwind(AssertUnwindSafe(|| Program::compile(&s).is_ok()));
+                let parsed = catch_unwind(AssertUnwindSafe(|| cel_interpreter::Program::compile(&s).is_ok()));
                 prop_assert!(parsed.is_ok(), "gate accepted {s:?} but the parser panicked");
             }
         }
@@ -831,7 +928,7 @@ mod tests {
             s in "[a-c0-9 ()\\[\\]{}.,:?!<>=&|+*/%'\"\\\\uxrb-]{0,24}"
         ) {
             if check(&s).is_ok() {
-                let parsed = catch_unwind(AssertUnwindSafe(|| Program::compile(&s).is_ok()));
+                let parsed = catch_unwind(AssertUnwindSafe(|| cel_interpreter::Program::compile(&s).is_ok()));
                 prop_assert!(parsed.is_ok(), "gate accepted {s:?} but the parser panicked");
             }
         }

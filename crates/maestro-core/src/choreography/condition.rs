@@ -2,10 +2,10 @@
 
 use std::cmp::Ordering;
 
-use cel_interpreter::Program;
 use serde_json::{Number, Value};
 
-use super::cel;
+use super::budget::CelBudget;
+use super::cel::{self, Program};
 use super::scope::Scope;
 use crate::model::{CompareOp, ExecutionCondition, LogicalOp};
 
@@ -31,15 +31,17 @@ impl ConditionError {
 const MAX_EVAL_DEPTH: usize = 256;
 
 /// Evaluate a condition, compiling any CEL on the fly (a
-/// [`WorkflowPlan`](super::WorkflowPlan) caches the compiled programs instead).
+/// [`WorkflowPlan`](super::WorkflowPlan) caches the compiled programs instead), under
+/// the default [`CelBudget`].
 pub fn evaluate_condition(
     c: &ExecutionCondition,
     scope: &Scope<'_>,
 ) -> Result<bool, ConditionError> {
+    let budget = CelBudget::default();
     evaluate_with(c, scope, &|expression| {
         let program = cel::compile(expression)
             .map_err(|e| ConditionError::new(format!("invalid CEL expression: {e}")))?;
-        cel::evaluate(&program, scope)
+        cel::evaluate(&program, scope, &budget)
     })
 }
 
@@ -106,6 +108,9 @@ fn eval(
         ExecutionCondition::Expression { expression } => run_cel(expression),
         ExecutionCondition::Unsupported { type_name } => Err(ConditionError::new(format!(
             "unsupported condition type {type_name:?}"
+        ))),
+        ExecutionCondition::Malformed { message, .. } => Err(ConditionError::new(format!(
+            "malformed condition: {message}"
         ))),
     }
 }
@@ -220,7 +225,9 @@ pub(crate) fn compile_all(c: &ExecutionCondition, out: &mut Programs, depth: usi
                 compile_all(sub, out, depth + 1);
             }
         }
-        ExecutionCondition::Comparison { .. } | ExecutionCondition::Unsupported { .. } => {}
+        ExecutionCondition::Comparison { .. }
+        | ExecutionCondition::Unsupported { .. }
+        | ExecutionCondition::Malformed { .. } => {}
     }
 }
 

@@ -45,8 +45,9 @@
 //! - `comparison`: `eq neq gt gte lt lte in not_in exists contains`. A missing variable
 //!   or a type mismatch makes every comparison false, `neq` and `not_in` included.
 //!   `eq`/`neq` are deep JSON equality, numbers compared numerically (`1 == 1.0`);
-//!   `gt gte lt lte` compare two numbers or two strings; `in`/`not_in` need an array
-//!   value; `contains`: substring of a string, element of an array (deep equality), key
+//!   `gt gte lt lte` compare two numbers or two strings (their `value` must be one);
+//!   `in`/`not_in` need an array value; `value` is required by every operator but
+//!   `exists`; `contains`: substring of a string, element of an array (deep equality), key
 //!   of an object; `exists` with value `true` (or absent) tests presence, `false`
 //!   absence.
 //! - `logical`: `and`/`or` over at least one condition, `not` over exactly one.
@@ -57,11 +58,16 @@
 //!   pass a strict syntax check with a nesting budget ([`MAX_NESTING_COST`]), because
 //!   the library panics or overflows the stack on some inputs; message construction,
 //!   optional syntax (`.?`, `[?`), escaped identifiers and leading-dot names are not
-//!   supported.
+//!   supported. Their work is bounded by a [`CelBudget`]: an expression whose worst case
+//!   is over it is refused at definition (each variable counting as one element), and
+//!   before each evaluation on the real values (a [`ConditionError`]), without running.
 //!
 //! # Validation
 //! [`validate_workflow`] reports the first error in document order, each with its code
-//! and `details` (`stepId`, `field`, `cycle`):
+//! and `details`: `field`, a path from the workflow's root (`steps[2].errorHandler.action`,
+//! `steps[0].condition.conditions[1].value`); `stepId`, the offending step (absent when
+//! its id is invalid; a fallback target that has dependencies is itself the offending
+//! step, at `steps[t].dependencies`); `cycle`:
 //! 1. the workflow `id` (`VALIDATION_FAILED`), a non-empty `name`, 1 to
 //!    [`Limits::max_steps`] steps;
 //! 2. per step, in order: its id, `DUPLICATE_STEP_ID`, a non-empty capability, a valid
@@ -71,9 +77,11 @@
 //!    is no step's dependency and has no fallback handler of its own, else
 //!    `UNKNOWN_FALLBACK`; `callback`: an `http(s)://` URL; `retry`: `params`, if any, a
 //!    valid retry policy), the condition (`javascript` is `UNSAFE_CONDITION`; another
-//!    unknown type, a malformed logical, a bad comparison value, CEL that does not parse
-//!    or is too long, or nesting beyond [`Limits::max_condition_depth`] is
-//!    `INVALID_CONDITION`), placeholder syntax in `inputs` (`INVALID_PLACEHOLDER`, as is
+//!    unknown type, a malformed condition (an unknown field or operator, a missing or
+//!    ill-typed operand: [`Malformed`](crate::model::ExecutionCondition::Malformed)), a
+//!    malformed logical, a bad comparison value, CEL that does not parse or is too
+//!    long, or nesting beyond [`Limits::max_condition_depth`] is `INVALID_CONDITION`),
+//!    placeholder syntax in `inputs` (`INVALID_PLACEHOLDER`, as is
 //!    `steps.x` without `.outputs` or an unknown `execution.*`), then `compensate`
 //!    (capability, `agentId`, placeholder syntax of its inputs);
 //! 3. dependency cycles: `CYCLE_DETECTED` with the cycle in execution order, starting
@@ -129,6 +137,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod budget;
 mod cel;
 mod condition;
 mod plan;
@@ -136,10 +145,11 @@ mod scope;
 mod template;
 mod validate;
 
+pub use budget::CelBudget;
 pub use cel::MAX_NESTING_COST;
 pub use condition::{ConditionError, evaluate_condition};
 pub use plan::{WorkflowPlan, blocked_by_failure, get_next_steps};
-pub use scope::Scope;
+pub use scope::{Scope, ScopeSnapshot};
 pub use template::{
     Unresolved, resolve_expected_outputs, substitute_value, substitute_variables, template_paths,
 };

@@ -3,12 +3,19 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 
+use super::budget::CelBudget;
 use super::condition::{self, ConditionError, Programs};
 use super::scope::Scope;
 use super::{cel, condition::evaluate_with};
 use crate::error::step_codes;
 use crate::model::{ErrorHandlerType, ExecutionCondition, StepExecution, StepStatus, Workflow};
 use crate::{Code, Error, Result};
+
+/// The path of field `field` of step `i` from the workflow's root
+/// (`steps[2].dependencies`), as `details.field` names it.
+pub(crate) fn step_field(i: usize, field: &str) -> String {
+    format!("steps[{i}].{field}")
+}
 
 /// The structural facts of a workflow, looked up while checking it step by step.
 pub(crate) struct Lookup<'w> {
@@ -50,7 +57,7 @@ impl<'w> Lookup<'w> {
                 format!("duplicate step id {id:?} (steps #{first} and #{i})"),
             )
             .step(id.as_str())
-            .field("id")),
+            .field(step_field(i, "id"))),
             _ => Ok(()),
         }
     }
@@ -65,7 +72,7 @@ impl<'w> Lookup<'w> {
                     format!("step {:?} depends on itself", step.id),
                 )
                 .step(step.id.as_str())
-                .field("dependencies")
+                .field(step_field(i, "dependencies"))
                 .with_cycle(vec![step.id.clone(), step.id.clone()]));
             }
             if self.index(dep).is_none() {
@@ -74,7 +81,7 @@ impl<'w> Lookup<'w> {
                     format!("step {:?} depends on unknown step {dep:?}", step.id),
                 )
                 .step(step.id.as_str())
-                .field("dependencies"));
+                .field(step_field(i, "dependencies")));
             }
         }
         Ok(())
@@ -94,7 +101,7 @@ impl<'w> Lookup<'w> {
         let fail = |message: String| {
             Err(Error::invalid(Code::UnknownFallback, message)
                 .step(step.id.as_str())
-                .field("errorHandler.action"))
+                .field(step_field(i, "errorHandler.action")))
         };
         if target.is_empty() {
             return fail(format!(
@@ -114,11 +121,17 @@ impl<'w> Lookup<'w> {
         }
         let target_step = &self.wf.steps[t];
         if !target_step.dependencies.is_empty() {
-            return fail(format!(
-                "fallback step {target:?} (of step {:?}) must not have dependencies: it runs \
-                 in place of the failed step, with that step's scope",
-                step.id
-            ));
+            // The target breaks the rule, so it is the step named, at the field to drop.
+            return Err(Error::invalid(
+                Code::UnknownFallback,
+                format!(
+                    "fallback step {target:?} (of step {:?}) must not have dependencies: it \
+                     runs in place of the failed step, with that step's scope",
+                    step.id
+                ),
+            )
+            .step(target)
+            .field(step_field(t, "dependencies")));
         }
         if self.depended_on.contains(target) {
             return fail(format!(
@@ -200,7 +213,11 @@ impl Graph {
                 format!("dependency cycle: {}", names.join(" -> ")),
             )
             .step(first)
-            .field("dependencies")
+            .field(
+                cycle
+                    .first()
+                    .map_or_else(|| "steps".to_owned(), |&i| step_field(i, "dependencies")),
+            )
             .with_cycle(names));
         }
         let fallback_of: Vec<Option<usize>> = wf
@@ -478,12 +495,19 @@ impl WorkflowPlan {
         (0..n).filter(|&d| seen[d]).collect()
     }
 
+    /// Whether the condition of step `i` has CEL in it: its evaluation may then take
+    /// up to its [`CelBudget`], and belongs off the executor's loop.
+    pub fn condition_has_cel(&self, i: usize) -> bool {
+        self.programs.get(i).is_some_and(|p| !p.is_empty())
+    }
+
     /// Evaluate the condition of step `i` (`true` when it has none), using the CEL
-    /// programs compiled in [`Self::new`].
+    /// programs compiled in [`Self::new`], each refused over `budget`.
     pub fn evaluate_step_condition(
         &self,
         i: usize,
         scope: &Scope<'_>,
+        budget: &CelBudget,
     ) -> std::result::Result<bool, ConditionError> {
         let Some(slot) = self.conditions.get(i) else {
             return Err(ConditionError::new(format!("no step with index {i}")));
@@ -495,14 +519,14 @@ impl WorkflowPlan {
         evaluate_with(c, scope, &|expression| {
             let cached = programs.and_then(|p| p.iter().find(|(e, _)| e == expression));
             match cached {
-                Some((_, Ok(program))) => cel::evaluate(program, scope),
+                Some((_, Ok(program))) => cel::evaluate(program, scope, budget),
                 Some((_, Err(e))) => {
                     Err(ConditionError::new(format!("invalid CEL expression: {e}")))
                 }
                 None => {
                     let program = cel::compile(expression)
                         .map_err(|e| ConditionError::new(format!("invalid CEL expression: {e}")))?;
-                    cel::evaluate(&program, scope)
+                    cel::evaluate(&program, scope, budget)
                 }
             }
         })
@@ -602,8 +626,14 @@ mod tests {
         assert!(p.deps(99).is_empty() && p.scope_ancestors(99).is_empty());
         assert!(!p.is_ancestor(0, 99) && !p.is_fallback_only(99));
         assert!(p.descendants(99).is_empty());
-        assert!(p.evaluate_step_condition(99, &Scope::default()).is_err());
-        assert_eq!(p.evaluate_step_condition(0, &Scope::default()), Ok(true));
+        assert!(
+            p.evaluate_step_condition(99, &Scope::default(), &CelBudget::default())
+                .is_err()
+        );
+        assert_eq!(
+            p.evaluate_step_condition(0, &Scope::default(), &CelBudget::default()),
+            Ok(true)
+        );
     }
 
     #[test]
@@ -725,12 +755,13 @@ mod tests {
             layers: vec![&layer],
             ..Scope::default()
         };
-        assert_eq!(p.evaluate_step_condition(0, &scope), Ok(true));
+        let budget = CelBudget::default();
+        assert_eq!(p.evaluate_step_condition(0, &scope, &budget), Ok(true));
         assert!(
-            p.evaluate_step_condition(1, &scope).is_err(),
+            p.evaluate_step_condition(1, &scope, &budget).is_err(),
             "bad CEL is a ConditionError"
         );
-        assert!(p.evaluate_step_condition(2, &scope).is_err());
+        assert!(p.evaluate_step_condition(2, &scope, &budget).is_err());
     }
 
     #[test]

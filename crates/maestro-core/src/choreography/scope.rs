@@ -4,7 +4,7 @@ use std::borrow::Cow;
 
 use serde_json::{Map, Value};
 
-/// The variables visible to one step (DESIGN.md "Scope").
+/// The variables visible to one step (docs/EXECUTION.md "Readiness, conditions, scope").
 ///
 /// Built by the state machine: `layers` holds the outputs of the step's completed
 /// ancestors in [`WorkflowPlan::scope_ancestors`](super::WorkflowPlan::scope_ancestors)
@@ -67,31 +67,103 @@ impl<'a> Scope<'a> {
     /// variables (a higher layer wins; keys `steps` and `execution` are reserved),
     /// `steps: {id: {outputs: {...}}}` and `execution: {id, correlationId}`.
     pub fn to_cel_map(&self) -> Map<String, Value> {
+        self.cel_variables(None)
+    }
+
+    /// [`Self::to_cel_map`] restricted to `names` (`None`: all of it); only what is
+    /// named is copied.
+    pub(crate) fn cel_variables(&self, names: Option<&[String]>) -> Map<String, Value> {
+        let wanted = |k: &str| names.is_none_or(|n| n.iter().any(|x| x == k));
         let mut merged = Map::new();
         for layer in &self.layers {
             for (k, v) in layer.iter() {
-                if k != "steps" && k != "execution" && !merged.contains_key(k) {
+                if k != "steps" && k != "execution" && !merged.contains_key(k) && wanted(k) {
                     merged.insert(k.clone(), v.clone());
                 }
             }
         }
-        let mut steps = Map::new();
-        for (id, outputs) in &self.steps {
-            if !steps.contains_key(*id) {
-                let mut entry = Map::new();
-                entry.insert("outputs".to_owned(), Value::Object((*outputs).clone()));
-                steps.insert((*id).to_owned(), Value::Object(entry));
+        if wanted("steps") {
+            let mut steps = Map::new();
+            for (id, outputs) in &self.steps {
+                if !steps.contains_key(*id) {
+                    let mut entry = Map::new();
+                    entry.insert("outputs".to_owned(), Value::Object((*outputs).clone()));
+                    steps.insert((*id).to_owned(), Value::Object(entry));
+                }
             }
+            merged.insert("steps".to_owned(), Value::Object(steps));
         }
-        merged.insert("steps".to_owned(), Value::Object(steps));
-        let mut execution = Map::new();
-        execution.insert("id".to_owned(), Value::String(self.execution_id.to_owned()));
-        execution.insert(
-            "correlationId".to_owned(),
-            Value::String(self.correlation_id.to_owned()),
-        );
-        merged.insert("execution".to_owned(), Value::Object(execution));
+        if wanted("execution") {
+            let mut execution = Map::new();
+            execution.insert("id".to_owned(), Value::String(self.execution_id.to_owned()));
+            execution.insert(
+                "correlationId".to_owned(),
+                Value::String(self.correlation_id.to_owned()),
+            );
+            merged.insert("execution".to_owned(), Value::Object(execution));
+        }
         merged
+    }
+}
+
+/// An owned copy of a [`Scope`]: a condition can then be evaluated away from the state
+/// it was taken from (on another thread, while the state moves on).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ScopeSnapshot {
+    /// Each distinct map of the scope, once.
+    maps: Vec<Map<String, Value>>,
+    /// `Scope::layers`, as indices into `maps`.
+    layers: Vec<usize>,
+    /// `Scope::steps`: the id, and its outputs as an index into `maps`.
+    steps: Vec<(String, usize)>,
+    execution_id: String,
+    correlation_id: String,
+}
+
+impl ScopeSnapshot {
+    /// Copy `scope`. A step's outputs are both a layer and `steps.<id>.outputs`: copied
+    /// once.
+    pub fn of(scope: &Scope<'_>) -> Self {
+        let mut snap = ScopeSnapshot {
+            execution_id: scope.execution_id.to_owned(),
+            correlation_id: scope.correlation_id.to_owned(),
+            ..ScopeSnapshot::default()
+        };
+        let mut seen: Vec<*const Map<String, Value>> = Vec::new();
+        let mut index_of = |m: &Map<String, Value>, maps: &mut Vec<Map<String, Value>>| {
+            let ptr = m as *const Map<String, Value>;
+            match seen.iter().position(|&p| p == ptr) {
+                Some(k) => k,
+                None => {
+                    seen.push(ptr);
+                    maps.push(m.clone());
+                    maps.len() - 1
+                }
+            }
+        };
+        for layer in &scope.layers {
+            let k = index_of(layer, &mut snap.maps);
+            snap.layers.push(k);
+        }
+        for (id, outputs) in &scope.steps {
+            let k = index_of(outputs, &mut snap.maps);
+            snap.steps.push(((*id).to_owned(), k));
+        }
+        snap
+    }
+
+    /// The scope it copied.
+    pub fn scope(&self) -> Scope<'_> {
+        Scope {
+            layers: self.layers.iter().map(|&k| &self.maps[k]).collect(),
+            steps: self
+                .steps
+                .iter()
+                .map(|(id, k)| (id.as_str(), &self.maps[*k]))
+                .collect(),
+            execution_id: &self.execution_id,
+            correlation_id: &self.correlation_id,
+        }
     }
 }
 
@@ -244,6 +316,26 @@ mod tests {
             m,
             json!({"a": 1, "b": 2, "steps": {"s1": {"outputs": {"k": true}}},
                 "execution": {"id": "e", "correlationId": "c"}})
+        );
+    }
+
+    #[test]
+    fn snapshot_copies_each_map_once_and_gives_the_same_scope() {
+        let vars = obj(json!({"a": 1}));
+        let out = obj(json!({"k": [1, 2]}));
+        let scope = Scope {
+            layers: vec![&out, &vars],
+            steps: vec![("s1", &out)],
+            execution_id: "e",
+            correlation_id: "c",
+        };
+        let snap = ScopeSnapshot::of(&scope);
+        assert_eq!(snap.maps.len(), 2, "the outputs are copied once");
+        let back = snap.scope();
+        assert_eq!(back.to_cel_map(), scope.to_cel_map());
+        assert_eq!(
+            back.resolve("steps.s1.outputs.k.1").map(Cow::into_owned),
+            Some(json!(2))
         );
     }
 

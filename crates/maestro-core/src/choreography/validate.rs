@@ -3,8 +3,9 @@
 
 use serde_json::{Map, Value};
 
+use super::budget::CelBudget;
 use super::cel;
-use super::plan::{Graph, Lookup};
+use super::plan::{Graph, Lookup, step_field};
 use super::scope::{parse_path, reserved_form_problem, step_reference};
 use super::template::{Piece, parse_template};
 use crate::model::{
@@ -22,6 +23,9 @@ pub struct Limits {
     pub max_condition_depth: usize,
     /// Bytes of one CEL expression.
     pub max_expression_len: usize,
+    /// The work one CEL expression may do: checked at definition (whatever the data)
+    /// and before each evaluation (on the values bound).
+    pub cel: CelBudget,
 }
 
 impl Default for Limits {
@@ -30,6 +34,7 @@ impl Default for Limits {
             max_steps: 1000,
             max_condition_depth: 32,
             max_expression_len: 4096,
+            cel: CelBudget::default(),
         }
     }
 }
@@ -97,6 +102,8 @@ pub fn validate_workflow(wf: &Workflow, limits: &Limits) -> Result<()> {
     }
     let lookup = Lookup::new(wf);
     for (i, step) in wf.steps.iter().enumerate() {
+        // Only a valid id can name the step in `details.stepId`.
+        validate_step_id(&step.id).map_err(|e| e.field(step_field(i, "id")))?;
         check_step(&lookup, i, step, limits).map_err(|e| e.step(step.id.as_str()))?;
     }
     let graph = Graph::build(wf)?;
@@ -124,33 +131,35 @@ pub fn validate_workflow(wf: &Workflow, limits: &Limits) -> Result<()> {
     Ok(())
 }
 
-/// Step-local checks, in the order of the step's fields.
+/// Step-local checks (after the id), in the order of the step's fields. Fields are
+/// named from the workflow's root (`steps[i].capability`).
 fn check_step(lookup: &Lookup<'_>, i: usize, step: &WorkflowStep, limits: &Limits) -> Result<()> {
-    validate_step_id(&step.id).map_err(|e| e.field("id"))?;
+    let at = |field: &str| step_field(i, field);
     lookup.check_unique(i)?;
     if step.capability.trim().is_empty() {
         return Err(
-            Error::validation(format!("step {:?} needs a capability", step.id)).field("capability"),
+            Error::validation(format!("step {:?} needs a capability", step.id))
+                .field(at("capability")),
         );
     }
     if let Some(agent) = &step.agent_id {
-        validate_id("agent", agent).map_err(|e| e.field("agentId"))?;
+        validate_id("agent", agent).map_err(|e| e.field(at("agentId")))?;
     }
     lookup.check_dependencies(i)?;
     if let Some((field, message)) = step.retry_policy.as_ref().and_then(retry_policy_problem) {
         return Err(Error::validation(format!("retryPolicy: {message}"))
-            .field(format!("retryPolicy.{field}")));
+            .field(at(&format!("retryPolicy.{field}"))));
     }
     if step.timeout == Some(0) {
-        return Err(Error::validation("timeout must be greater than 0 ms").field("timeout"));
+        return Err(Error::validation("timeout must be greater than 0 ms").field(at("timeout")));
     }
     if let Some(h) = &step.error_handler {
         check_error_handler(lookup, i, h)?;
     }
     if let Some(c) = &step.condition {
-        check_condition(c, "condition", 1, limits)?;
+        check_condition(c, &at("condition"), 1, limits)?;
     }
-    let mut field = String::from("inputs");
+    let mut field = at("inputs");
     check_templates(&step.inputs, &mut field)?;
     if let Some(comp) = &step.compensate {
         if comp.capability.trim().is_empty() {
@@ -158,13 +167,13 @@ fn check_step(lookup: &Lookup<'_>, i: usize, step: &WorkflowStep, limits: &Limit
                 "the compensation of step {:?} needs a capability",
                 step.id
             ))
-            .field("compensate.capability"));
+            .field(at("compensate.capability")));
         }
         if let Some(agent) = &comp.agent_id {
-            validate_id("agent", agent).map_err(|e| e.field("compensate.agentId"))?;
+            validate_id("agent", agent).map_err(|e| e.field(at("compensate.agentId")))?;
         }
         if let Some(inputs) = &comp.inputs {
-            let mut field = String::from("compensate.inputs");
+            let mut field = at("compensate.inputs");
             check_templates(inputs, &mut field)?;
         }
     }
@@ -172,6 +181,7 @@ fn check_step(lookup: &Lookup<'_>, i: usize, step: &WorkflowStep, limits: &Limit
 }
 
 fn check_error_handler(lookup: &Lookup<'_>, i: usize, h: &ErrorHandler) -> Result<()> {
+    let at = |field: &str| step_field(i, field);
     match h.handler_type {
         ErrorHandlerType::Fallback => lookup.check_fallback(i),
         ErrorHandlerType::Callback => {
@@ -182,7 +192,7 @@ fn check_error_handler(lookup: &Lookup<'_>, i: usize, h: &ErrorHandler) -> Resul
                     "a callback handler's action must be an http:// or https:// URL, got {:?}",
                     h.action
                 ))
-                .field("errorHandler.action"))
+                .field(at("errorHandler.action")))
             }
         }
         ErrorHandlerType::Retry => {
@@ -193,13 +203,13 @@ fn check_error_handler(lookup: &Lookup<'_>, i: usize, h: &ErrorHandler) -> Resul
                 Error::validation(format!(
                     "a retry handler's params must be a retry policy: {e}"
                 ))
-                .field("errorHandler.params")
+                .field(at("errorHandler.params"))
             })?;
             match retry_policy_problem(&policy) {
                 None => Ok(()),
                 Some((field, message)) => {
                     Err(Error::validation(format!("errorHandler.params: {message}"))
-                        .field(format!("errorHandler.params.{field}")))
+                        .field(at(&format!("errorHandler.params.{field}"))))
                 }
             }
         }
@@ -309,7 +319,7 @@ fn check_condition(
                 _ => {}
             }
             for (k, sub) in conditions.iter().enumerate() {
-                check_condition(sub, &format!("{field}.conditions.{k}"), depth + 1, limits)?;
+                check_condition(sub, &format!("{field}.conditions[{k}]"), depth + 1, limits)?;
             }
             Ok(())
         }
@@ -325,9 +335,11 @@ fn check_condition(
                     &field,
                 ));
             }
-            cel::compile(expression)
-                .map(|_| ())
-                .map_err(|e| invalid_condition(format!("invalid CEL expression: {e}"), &field))
+            let program = cel::compile(expression)
+                .map_err(|e| invalid_condition(format!("invalid CEL expression: {e}"), &field))?;
+            program.fits(&limits.cel).map_err(|e| {
+                invalid_condition(format!("CEL expression too expensive: {e}"), &field)
+            })
         }
         ExecutionCondition::Unsupported { type_name } => {
             if type_name.eq_ignore_ascii_case("javascript") {
@@ -346,6 +358,17 @@ fn check_condition(
                     &format!("{field}.type"),
                 ))
             }
+        }
+        ExecutionCondition::Malformed {
+            field: inner,
+            message,
+        } => {
+            let field = if inner.is_empty() {
+                field.to_owned()
+            } else {
+                format!("{field}.{inner}")
+            };
+            Err(invalid_condition(message.as_str(), &field))
         }
     }
 }
@@ -366,7 +389,7 @@ fn for_each_template(
         Value::Array(items) => {
             for (k, item) in items.iter().enumerate() {
                 let len = field.len();
-                field.push_str(&format!(".{k}"));
+                field.push_str(&format!("[{k}]"));
                 for_each_template(item, field, f)?;
                 field.truncate(len);
             }
@@ -463,13 +486,14 @@ fn check_step_references(graph: &Graph, i: usize, step: &WorkflowStep) -> Result
             field,
         ))
     };
-    let mut field = String::from("inputs");
+    let mut field = step_field(i, "inputs");
     check_input_references(&step.inputs, &mut field, &|p, f| check_path(p, f, false))?;
     if let Some(c) = &step.condition {
-        check_condition_references(c, "condition", 1, &|p, f| check_path(p, f, false))?;
+        let field = step_field(i, "condition");
+        check_condition_references(c, &field, 1, &|p, f| check_path(p, f, false))?;
     }
     if let Some(inputs) = step.compensate.as_ref().and_then(|c| c.inputs.as_ref()) {
-        let mut field = String::from("compensate.inputs");
+        let mut field = step_field(i, "compensate.inputs");
         check_input_references(inputs, &mut field, &|p, f| check_path(p, f, true))?;
     }
     Ok(())
@@ -513,14 +537,16 @@ fn check_condition_references(
             for (k, sub) in conditions.iter().enumerate() {
                 check_condition_references(
                     sub,
-                    &format!("{field}.conditions.{k}"),
+                    &format!("{field}.conditions[{k}]"),
                     depth + 1,
                     check,
                 )?;
             }
             Ok(())
         }
-        ExecutionCondition::Expression { .. } | ExecutionCondition::Unsupported { .. } => Ok(()),
+        ExecutionCondition::Expression { .. }
+        | ExecutionCondition::Unsupported { .. }
+        | ExecutionCondition::Malformed { .. } => Ok(()),
     }
 }
 
@@ -657,38 +683,38 @@ mod tests {
         refused(
             workflow(json!([step("a.b")])),
             "VALIDATION_FAILED",
-            Some("a.b"),
-            Some("id"),
+            None,
+            Some("steps[0].id"),
         );
         refused(
             workflow(json!([step("a"), step("b"), step("a")])),
             "DUPLICATE_STEP_ID",
             Some("a"),
-            Some("id"),
+            Some("steps[2].id"),
         );
         refused(
             one(json!({"capability": ""})),
             "VALIDATION_FAILED",
             Some("s"),
-            Some("capability"),
+            Some("steps[1].capability"),
         );
         refused(
             one(json!({"agentId": "bad agent"})),
             "VALIDATION_FAILED",
             Some("s"),
-            Some("agentId"),
+            Some("steps[1].agentId"),
         );
         refused(
             one(json!({"dependencies": ["a", "nope"]})),
             "UNKNOWN_DEPENDENCY",
             Some("s"),
-            Some("dependencies"),
+            Some("steps[1].dependencies"),
         );
         refused(
             one(json!({"timeout": 0})),
             "VALIDATION_FAILED",
             Some("s"),
-            Some("timeout"),
+            Some("steps[1].timeout"),
         );
     }
 
@@ -713,7 +739,7 @@ mod tests {
         let (code, step, field, cycle) = refusal(v.clone(), &Limits::default());
         assert_eq!(code, "CYCLE_DETECTED");
         assert_eq!(step.as_deref(), Some("a"));
-        assert_eq!(field.as_deref(), Some("dependencies"));
+        assert_eq!(field.as_deref(), Some("steps[1].dependencies"));
         assert_eq!(
             cycle,
             Some(vec!["a".into(), "b".into(), "c".into(), "a".into()])
@@ -758,13 +784,13 @@ mod tests {
                 one(json!({"retryPolicy": bad.clone()})),
                 "VALIDATION_FAILED",
                 Some("s"),
-                Some(&format!("retryPolicy.{field}")),
+                Some(&format!("steps[1].retryPolicy.{field}")),
             );
             refused(
                 one(json!({"errorHandler": {"type": "retry", "params": bad}})),
                 "VALIDATION_FAILED",
                 Some("s"),
-                Some(&format!("errorHandler.params.{field}")),
+                Some(&format!("steps[1].errorHandler.params.{field}")),
             );
         }
         for m in [f64::NAN, f64::INFINITY] {
@@ -778,13 +804,13 @@ mod tests {
             one(json!({"errorHandler": {"type": "retry", "params": {"bogus": 1}}})),
             "VALIDATION_FAILED",
             Some("s"),
-            Some("errorHandler.params"),
+            Some("steps[1].errorHandler.params"),
         );
         refused(
             one(json!({"errorHandler": {"type": "retry", "params": "3"}})),
             "VALIDATION_FAILED",
             Some("s"),
-            Some("errorHandler.params"),
+            Some("steps[1].errorHandler.params"),
         );
     }
 
@@ -796,7 +822,7 @@ mod tests {
             steps.extend(extra_steps);
             workflow(Value::Array(steps))
         };
-        let field = Some("errorHandler.action");
+        let field = Some("steps[1].errorHandler.action");
         refused(base(vec![], fb("")), "UNKNOWN_FALLBACK", Some("s"), field);
         refused(
             base(vec![], fb("nope")),
@@ -811,8 +837,8 @@ mod tests {
                 fb("f"),
             ),
             "UNKNOWN_FALLBACK",
-            Some("s"),
-            field,
+            Some("f"),
+            Some("steps[2].dependencies"),
         );
         refused(
             base(
@@ -866,39 +892,39 @@ mod tests {
             cond(json!({"type": "javascript", "code": "1"})),
             "UNSAFE_CONDITION",
             Some("s"),
-            Some("condition.type"),
+            Some("steps[1].condition.type"),
         );
         refused(
             cond(json!({"type": "python", "code": "1"})),
             "INVALID_CONDITION",
             Some("s"),
-            Some("condition.type"),
+            Some("steps[1].condition.type"),
         );
         refused(
             cond(json!({"type": "logical", "operator": "not", "conditions": [
             cmp("a", "eq", json!(1)), cmp("b", "eq", json!(1))]})),
             "INVALID_CONDITION",
             Some("s"),
-            Some("condition.conditions"),
+            Some("steps[1].condition.conditions"),
         );
         refused(
             cond(json!({"type": "logical", "operator": "and", "conditions": []})),
             "INVALID_CONDITION",
             Some("s"),
-            Some("condition.conditions"),
+            Some("steps[1].condition.conditions"),
         );
         refused(
             cond(json!({"type": "logical", "operator": "or", "conditions": [
             cmp("a", "eq", json!(1)), {"type": "javascript"}]})),
             "UNSAFE_CONDITION",
             Some("s"),
-            Some("condition.conditions.1.type"),
+            Some("steps[1].condition.conditions[1].type"),
         );
         refused(
             cond(json!({"type": "expression", "expression": "a >"})),
             "INVALID_CONDITION",
             Some("s"),
-            Some("condition.expression"),
+            Some("steps[1].condition.expression"),
         );
         refused(
             cond(json!({"type": "expression", "expression": "Msg{a: 1}"})),
@@ -917,13 +943,13 @@ mod tests {
             cond(cmp("a b", "eq", json!(1))),
             "INVALID_CONDITION",
             Some("s"),
-            Some("condition.variable"),
+            Some("steps[1].condition.variable"),
         );
         refused(
             cond(cmp("a", "in", json!("x"))),
             "INVALID_CONDITION",
             Some("s"),
-            Some("condition.value"),
+            Some("steps[1].condition.value"),
         );
         refused(
             cond(cmp("a", "exists", json!("yes"))),
@@ -962,30 +988,140 @@ mod tests {
     }
 
     #[test]
+    fn malformed_conditions_are_invalid_condition_with_the_step_and_field() {
+        let cond = |c: Value| one(json!({"condition": c}));
+        let cases = [
+            (
+                json!({"type": "comparison", "variable": "a", "operator": "approximately",
+                       "value": 1}),
+                "steps[1].condition.operator",
+            ),
+            (
+                json!({"type": "comparison", "variable": "a", "value": 1}),
+                "steps[1].condition.operator",
+            ),
+            (
+                json!({"type": "comparison", "operator": "eq", "value": 1}),
+                "steps[1].condition.variable",
+            ),
+            (
+                json!({"type": "comparison", "variable": 3, "operator": "eq", "value": 1}),
+                "steps[1].condition.variable",
+            ),
+            (
+                json!({"type": "comparison", "variable": "a", "operator": "eq"}),
+                "steps[1].condition.value",
+            ),
+            (
+                json!({"type": "comparison", "variable": "a", "operator": "gt"}),
+                "steps[1].condition.value",
+            ),
+            (cmp("a", "in", json!("x")), "steps[1].condition.value"),
+            (
+                cmp("a", "not_in", json!({"k": 1})),
+                "steps[1].condition.value",
+            ),
+            (cmp("a", "gt", json!({})), "steps[1].condition.value"),
+            (cmp("a", "lte", json!(true)), "steps[1].condition.value"),
+            (cmp("a", "gte", Value::Null), "steps[1].condition.value"),
+            (
+                json!({"type": "comparison", "variable": "a", "operator": "eq", "value": 1,
+                       "valeu": 2}),
+                "steps[1].condition.valeu",
+            ),
+            (json!({"variable": "a"}), "steps[1].condition.type"),
+            (json!({"type": 7}), "steps[1].condition.type"),
+            (json!("a > 1"), "steps[1].condition"),
+            (
+                json!({"type": "expression", "expression": "a >"}),
+                "steps[1].condition.expression",
+            ),
+            (
+                json!({"type": "expression"}),
+                "steps[1].condition.expression",
+            ),
+            (
+                json!({"type": "expression", "expression": true}),
+                "steps[1].condition.expression",
+            ),
+            (
+                json!({"type": "expression", "expression": "a", "lang": "cel"}),
+                "steps[1].condition.lang",
+            ),
+            (
+                json!({"type": "logical", "operator": "xor", "conditions": []}),
+                "steps[1].condition.operator",
+            ),
+            (
+                json!({"type": "logical", "operator": "and", "conditions": {}}),
+                "steps[1].condition.conditions",
+            ),
+            (
+                json!({"type": "logical", "operator": "and", "conditions": [
+                    cmp("a", "eq", json!(1)),
+                    {"type": "comparison", "variable": "b", "operator": "like", "value": 1}]}),
+                "steps[1].condition.conditions[1].operator",
+            ),
+            (
+                json!({"type": "logical", "operator": "not", "conditions": [3]}),
+                "steps[1].condition.conditions[0]",
+            ),
+        ];
+        for (c, field) in cases {
+            refused(cond(c), "INVALID_CONDITION", Some("s"), Some(field));
+        }
+        // `exists` alone may leave `value` out; `eq` may compare with an explicit null.
+        for c in [
+            json!({"type": "comparison", "variable": "a", "operator": "exists"}),
+            cmp("a", "exists", json!(false)),
+            cmp("a", "eq", Value::Null),
+            cmp("a", "gt", json!("m")),
+            cmp("a", "in", json!([])),
+        ] {
+            assert_eq!(
+                validate_workflow(&parse(cond(c.clone())), &Limits::default()),
+                Ok(()),
+                "{c}"
+            );
+        }
+        // A bad condition in a step with an invalid id names no step.
+        let v = workflow(json!([{"id": "a b", "capability": "c",
+            "condition": {"type": "comparison", "operator": "approximately"}}]));
+        refused(v, "VALIDATION_FAILED", None, Some("steps[0].id"));
+        // `javascript` stays UNSAFE_CONDITION, whatever else it carries.
+        refused(
+            cond(json!({"type": "javascript", "code": "1", "operator": "nope"})),
+            "UNSAFE_CONDITION",
+            Some("s"),
+            Some("steps[1].condition.type"),
+        );
+    }
+
+    #[test]
     fn placeholders() {
         refused(
             one(json!({"inputs": {"x": {"y": ["ok", "${bad path}"]}}})),
             "INVALID_PLACEHOLDER",
             Some("s"),
-            Some("inputs.x.y.1"),
+            Some("steps[1].inputs.x.y[1]"),
         );
         refused(
             one(json!({"inputs": {"x": "${unterminated"}})),
             "INVALID_PLACEHOLDER",
             Some("s"),
-            Some("inputs.x"),
+            Some("steps[1].inputs.x"),
         );
         refused(
             one(json!({"inputs": {"x": "${steps.a.inputs.k}"}})),
             "INVALID_PLACEHOLDER",
             Some("s"),
-            Some("inputs.x"),
+            Some("steps[1].inputs.x"),
         );
         refused(
             one(json!({"inputs": {"x": "${execution.secret}"}})),
             "INVALID_PLACEHOLDER",
             Some("s"),
-            Some("inputs.x"),
+            Some("steps[1].inputs.x"),
         );
         let mut v = workflow(json!([step("a")]));
         v["expectedOutputs"] = json!({"k": "${a b}"});
@@ -1005,19 +1141,19 @@ mod tests {
             one(json!({"compensate": {"capability": ""}})),
             "VALIDATION_FAILED",
             Some("s"),
-            Some("compensate.capability"),
+            Some("steps[1].compensate.capability"),
         );
         refused(
             one(json!({"compensate": {"capability": "undo", "agentId": "a b"}})),
             "VALIDATION_FAILED",
             Some("s"),
-            Some("compensate.agentId"),
+            Some("steps[1].compensate.agentId"),
         );
         refused(
             one(json!({"compensate": {"capability": "undo", "inputs": {"k": "${}"}}})),
             "INVALID_PLACEHOLDER",
             Some("s"),
-            Some("compensate.inputs.k"),
+            Some("steps[1].compensate.inputs.k"),
         );
     }
 
@@ -1039,7 +1175,7 @@ mod tests {
             v(json!({"x": "${steps.sibling.outputs.k}"})),
             "INVALID_PLACEHOLDER",
             Some("s"),
-            Some("inputs.x"),
+            Some("steps[3].inputs.x"),
         );
         refused(
             v(json!({"x": "${steps.s.outputs.k}"})),
@@ -1072,7 +1208,7 @@ mod tests {
             w,
             "INVALID_PLACEHOLDER",
             Some("s"),
-            Some("condition.variable"),
+            Some("steps[1].condition.variable"),
         );
         // Compensation may name the step itself, not others.
         let w = |k: &str| {
@@ -1090,7 +1226,7 @@ mod tests {
             w("a"),
             "INVALID_PLACEHOLDER",
             Some("s"),
-            Some("compensate.inputs.k"),
+            Some("steps[1].compensate.inputs.k"),
         );
     }
 
@@ -1124,7 +1260,7 @@ mod tests {
             w(json!({"k": "${steps.only-x.outputs.v}"})),
             "INVALID_PLACEHOLDER",
             Some("fb"),
-            Some("inputs.k"),
+            Some("steps[4].inputs.k"),
         );
         refused(
             w(json!({"k": "${steps.x.outputs.v}"})),
@@ -1151,7 +1287,12 @@ mod tests {
             with(step("b"), json!({"dependencies": ["a"]})),
             with(step("c"), json!({"capability": ""})),
         ]));
-        refused(v, "VALIDATION_FAILED", Some("c"), Some("capability"));
+        refused(
+            v,
+            "VALIDATION_FAILED",
+            Some("c"),
+            Some("steps[2].capability"),
+        );
         let v = workflow(json!([
             with(
                 step("a"),
@@ -1270,7 +1411,7 @@ mod tests {
                     let _ = get_next_steps(&plan, &steps);
                     let scope = Scope::default();
                     for (i, step) in wf.steps.iter().enumerate() {
-                        let _ = plan.evaluate_step_condition(i, &scope);
+                        let _ = plan.evaluate_step_condition(i, &scope, &CelBudget::default());
                         let _ = substitute_variables(&step.inputs, &scope);
                     }
                 }

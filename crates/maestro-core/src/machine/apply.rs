@@ -1,11 +1,13 @@
-//! The transition function. See DESIGN.md "Execution semantics" for the rules;
+//! The transition function. docs/EXECUTION.md states the rules;
 //! each rule below names the part of it that it implements.
 
 use serde_json::{Map, Value, json};
 
 use super::state::Phase;
-use super::{Action, Call, Env, ExecutionState, Input, TimerKey};
-use crate::choreography::{self, get_next_steps};
+use super::{
+    Action, Call, ConditionCheck, ControlOp, Env, ExecutionState, Input, Refusal, TimerKey,
+};
+use crate::choreography::{self, CelBudget, ConditionError, ScopeSnapshot, get_next_steps};
 use crate::model::{
     Attempt, ErrorHandlerType, EventType, ExecutionError, ExecutionStatus, LateResult, NewEvent,
     OnError, RetryPolicy, RollbackEntry, RollbackStatus, StepStatus, Timestamp,
@@ -58,6 +60,9 @@ impl ExecutionState {
             Input::Cancel { reason } => self.on_cancel(reason, &mut cx),
             Input::Pause => self.on_pause(&mut cx),
             Input::Resume => self.on_resume(&mut cx),
+            Input::ConditionEvaluated { step_id, verdict } => {
+                self.on_condition_evaluated(&step_id, verdict, &mut cx)
+            }
         }
         cx.out
     }
@@ -118,7 +123,18 @@ impl ExecutionState {
                             at,
                         });
                     } else if s.fallback_step.is_some() {
-                        // The fallback step carries the work.
+                        // The fallback step carries the work; if its condition was not
+                        // decided before the restart, decide it now.
+                        let f = s
+                            .fallback_step
+                            .as_deref()
+                            .and_then(|f| self.plan.index_of(f));
+                        if let Some(f) = f
+                            && self.step(f).status == StepStatus::Pending
+                            && !self.awaiting_verdict[f]
+                        {
+                            self.begin_step(f, cx);
+                        }
                     } else if let Some(a) = s.attempts.last().filter(|a| a.completed_at.is_none()) {
                         // At-least-once: the answer was not committed, send the same
                         // attempt again (same idempotency key).
@@ -396,15 +412,38 @@ impl ExecutionState {
                     self.finish(ExecutionStatus::Cancelled, cx);
                 }
             }
-            _ => {}
+            Phase::Active | Phase::Stopping => {
+                self.refuse(ControlOp::Cancel, "it is already being cancelled", cx)
+            }
+            Phase::Compensating if self.exec.cancel_reason.is_some() => {
+                self.refuse(ControlOp::Cancel, "it is already being cancelled", cx)
+            }
+            Phase::Compensating => self.refuse(ControlOp::Cancel, "it is compensating", cx),
+            Phase::Done => self.refuse(ControlOp::Cancel, "it already finished", cx),
         }
     }
 
+    /// A control input that does not apply now: nothing changes, the caller
+    /// is told why.
+    fn refuse(&mut self, op: ControlOp, why: &'static str, cx: &mut Ctx<'_>) {
+        cx.out.push(Action::Refused(Refusal {
+            op,
+            status: self.exec.status,
+            why,
+        }));
+    }
+
     fn on_pause(&mut self, cx: &mut Ctx<'_>) {
-        if self.exec.status != ExecutionStatus::Running
-            || !matches!(self.phase(), Phase::Active | Phase::Stopping)
-        {
-            return;
+        let why = match (self.exec.status, self.phase()) {
+            (ExecutionStatus::Running, Phase::Active | Phase::Stopping) => None,
+            (_, Phase::Done) => Some("it already finished"),
+            (_, Phase::Compensating) => Some("it is compensating"),
+            (ExecutionStatus::Pending, _) => Some("it has not started"),
+            (ExecutionStatus::Paused, _) => Some("it is already paused"),
+            _ => Some("it is not running"),
+        };
+        if let Some(why) = why {
+            return self.refuse(ControlOp::Pause, why, cx);
         }
         self.exec.status = ExecutionStatus::Paused;
         self.mark_header();
@@ -414,7 +453,12 @@ impl ExecutionState {
 
     fn on_resume(&mut self, cx: &mut Ctx<'_>) {
         if self.exec.status != ExecutionStatus::Paused {
-            return;
+            let why = if self.exec.status.is_terminal() {
+                "it already finished"
+            } else {
+                "it is not paused"
+            };
+            return self.refuse(ControlOp::Resume, why, cx);
         }
         self.exec.status = ExecutionStatus::Running;
         self.mark_header();
@@ -457,7 +501,10 @@ impl ExecutionState {
             if self.exec.status != ExecutionStatus::Running {
                 break;
             }
-            let ready = get_next_steps(&self.plan, &self.exec.step_executions.0);
+            let ready: Vec<usize> = get_next_steps(&self.plan, &self.exec.step_executions.0)
+                .into_iter()
+                .filter(|&i| !self.awaiting_verdict[i])
+                .collect();
             if ready.is_empty() {
                 break;
             }
@@ -490,12 +537,64 @@ impl ExecutionState {
         }
     }
 
-    /// A step became ready: check its condition, then make its first call.
+    /// A step became ready: check its condition, then make its first call. A CEL
+    /// condition is evaluated by the executor, away from its loop (it may take up to its
+    /// budget of CPU): the step stays `pending`, and is not begun again, until
+    /// [`Input::ConditionEvaluated`] brings the verdict.
     fn begin_step(&mut self, i: usize, cx: &mut Ctx<'_>) {
+        if self.plan.condition_has_cel(i) {
+            self.awaiting_verdict[i] = true;
+            let check = ConditionCheck {
+                step_id: self.plan.step_id(i).to_owned(),
+                step: i,
+                plan: self.plan.clone(),
+                scope: ScopeSnapshot::of(&self.scope_for(i)),
+            };
+            cx.out.push(Action::EvaluateCondition(check));
+            return;
+        }
         let verdict = {
             let scope = self.scope_for(i);
-            self.plan.evaluate_step_condition(i, &scope)
+            // No CEL: comparisons and logic only, no budget to apply.
+            self.plan
+                .evaluate_step_condition(i, &scope, &CelBudget::default())
         };
+        self.on_verdict(i, verdict, cx);
+    }
+
+    /// The verdict of a CEL condition. Stale ones (the step was begun again after a
+    /// restart, or is no longer pending) are dropped. While paused, a step's verdict is
+    /// dropped too (no step starts): resuming begins the step, and evaluates it, again.
+    /// A fallback step's verdict is applied while paused or stopping, as the fallback
+    /// itself would have started then.
+    fn on_condition_evaluated(
+        &mut self,
+        step_id: &str,
+        verdict: Result<bool, ConditionError>,
+        cx: &mut Ctx<'_>,
+    ) {
+        let Some(i) = self.plan.index_of(step_id) else {
+            return;
+        };
+        if !std::mem::take(&mut self.awaiting_verdict[i])
+            || self.step(i).status != StepStatus::Pending
+        {
+            return;
+        }
+        let fallback = self.plan.is_fallback_only(i);
+        let applies = match self.phase() {
+            Phase::Active => fallback || self.exec.status == ExecutionStatus::Running,
+            Phase::Stopping => fallback,
+            _ => false,
+        };
+        if !applies {
+            return;
+        }
+        self.on_verdict(i, verdict, cx);
+        self.schedule(cx);
+    }
+
+    fn on_verdict(&mut self, i: usize, verdict: Result<bool, ConditionError>, cx: &mut Ctx<'_>) {
         match verdict {
             Ok(true) => {
                 let attempt = self.step(i).attempts.len() as u32 + 1;

@@ -51,6 +51,9 @@ pub struct ExecutionState {
     pub(super) completion_order: Vec<usize>,
     pub(super) changes: Changes,
     step_dirty: Vec<bool>,
+    /// Steps whose CEL condition is being evaluated (not persisted: see
+    /// [`Input::Recover`](super::Input::Recover)).
+    pub(super) awaiting_verdict: Vec<bool>,
 }
 
 impl ExecutionState {
@@ -107,6 +110,7 @@ impl ExecutionState {
             completion_order: Vec::new(),
             changes: Changes::default(),
             step_dirty: vec![false; n],
+            awaiting_verdict: vec![false; n],
         };
         st.changes.header = true;
         for i in 0..n {
@@ -149,15 +153,12 @@ impl ExecutionState {
             completion_order: completed.into_iter().map(|(_, i)| i).collect(),
             changes: Changes::default(),
             step_dirty: vec![false; n],
+            awaiting_verdict: vec![false; n],
         }
     }
 
     pub fn execution(&self) -> &WorkflowExecution {
         &self.exec
-    }
-
-    pub fn into_execution(self) -> WorkflowExecution {
-        self.exec
     }
 
     pub fn workflow(&self) -> &Arc<Workflow> {
@@ -207,14 +208,6 @@ impl ExecutionState {
             Some(_) if self.workflow.on_error != OnError::Continue => Phase::Stopping,
             _ => Phase::Active,
         }
-    }
-
-    /// Whether a cancel request can be honoured now.
-    pub fn can_cancel(&self) -> bool {
-        matches!(
-            self.phase(),
-            Phase::Pending | Phase::Active | Phase::Stopping
-        ) && self.exec.cancel_reason.is_none()
     }
 
     pub(super) fn step_mut(&mut self, i: usize) -> &mut StepExecution {

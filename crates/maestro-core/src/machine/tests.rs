@@ -1,4 +1,4 @@
-//! Every rule of DESIGN.md's execution semantics, checked on the pure machine.
+//! Every rule of the execution semantics (docs/EXECUTION.md), checked on the pure machine.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -6,7 +6,7 @@ use std::sync::Arc;
 use serde_json::{Map, Value, json};
 
 use super::*;
-use crate::choreography::WorkflowPlan;
+use crate::choreography::{CelBudget, WorkflowPlan};
 use crate::model::{
     EventType, ExecutionStatus, MaestroConfig, RollbackStatus, StepStatus, Workflow,
 };
@@ -810,18 +810,159 @@ fn unresolved_variable_fails_without_retry() {
     );
 }
 
+/// The condition evaluations asked by `acts`.
+fn checks(acts: &[Action]) -> Vec<ConditionCheck> {
+    acts.iter()
+        .filter_map(|a| match a {
+            Action::EvaluateCondition(c) => Some(c.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn verdict(c: &ConditionCheck) -> Input {
+    Input::ConditionEvaluated {
+        step_id: c.step_id.clone(),
+        verdict: c.evaluate(&CelBudget::default()),
+    }
+}
+
+/// Do what the executor does with condition evaluations until none is asked for;
+/// every action, in order.
+fn settle(st: &mut ExecutionState, mut acts: Vec<Action>, env: &mut TestEnv) -> Vec<Action> {
+    let mut all = Vec::new();
+    loop {
+        let asked = checks(&acts);
+        all.append(&mut acts);
+        if asked.is_empty() {
+            return all;
+        }
+        for c in asked {
+            acts.extend(st.apply(verdict(&c), env));
+        }
+    }
+}
+
+fn cel_step(id: &str, expression: &str, deps: &[&str]) -> Value {
+    json!({"id": id, "capability": "c", "dependencies": deps,
+           "condition": {"type": "expression", "expression": expression}})
+}
+
 #[test]
 fn cel_error_fails_with_condition_error() {
     let mut env = TestEnv::new();
-    let (st, _) = start(
-        json!({"id": "w", "name": "n", "steps": [{"id": "a", "capability": "c",
-            "condition": {"type": "expression", "expression": "1 / 0 == 1"}}]}),
+    let (mut st, acts) = start(
+        json!({"id": "w", "name": "n", "steps": [cel_step("a", "1 / 0 == 1", &[])]}),
         &mut env,
     );
+    settle(&mut st, acts, &mut env);
     assert_eq!(
         st.execution().error.as_ref().unwrap().code,
         "CONDITION_ERROR"
     );
+}
+
+/// A CEL condition is evaluated by the executor: the step stays pending, is not begun
+/// twice while its verdict is awaited, and the execution waits for it.
+#[test]
+fn cel_condition_is_evaluated_off_the_machine_once() {
+    let mut env = TestEnv::new();
+    let (mut st, acts) = start(
+        json!({"id": "w", "name": "n", "steps": [
+            {"id": "a", "capability": "c"},
+            cel_step("t", "x == 5", &[]),
+            cel_step("f", "x == 6", &["a"])]}),
+        &mut env,
+    );
+    assert_eq!(call_ids(&acts), vec!["a"]);
+    let asked = checks(&acts);
+    assert_eq!(asked.len(), 1);
+    assert_eq!(asked[0].step_id, "t");
+    assert_eq!(status(&st, "t"), StepStatus::Pending);
+    // `a` completes: `f` is asked for, `t` is not asked again.
+    let acts = st.apply(ok("a", 1, json!({})), &mut env);
+    let again = checks(&acts);
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].step_id, "f");
+    assert_eq!(
+        st.status(),
+        ExecutionStatus::Running,
+        "verdicts are awaited"
+    );
+    let acts = st.apply(verdict(&asked[0]), &mut env);
+    assert_eq!(call_ids(&acts), vec!["t"]);
+    // A verdict delivered twice (a stale one) changes nothing.
+    assert!(st.apply(verdict(&asked[0]), &mut env).is_empty());
+    st.apply(verdict(&again[0]), &mut env);
+    assert_eq!(status(&st, "f"), StepStatus::Skipped);
+    st.apply(ok("t", 1, json!({})), &mut env);
+    assert_eq!(st.status(), ExecutionStatus::Completed);
+}
+
+/// A verdict is not persisted: after a restart the step is begun, and its condition
+/// evaluated, again; so is a fallback's.
+#[test]
+fn recover_evaluates_awaited_conditions_again() {
+    let mut env = TestEnv::new();
+    let (mut st, acts) = start(
+        json!({"id": "w", "name": "n", "steps": [
+            cel_step("a", "x == 5", &[]),
+            {"id": "p", "capability": "c", "errorHandler": {"type": "fallback", "action": "fb"}},
+            cel_step("fb", "x == 5", &[])]}),
+        &mut env,
+    );
+    assert_eq!(call_ids(&acts), vec!["p"]);
+    let acts = st.apply(fail("p", 1, "X", false), &mut env);
+    assert_eq!(checks(&acts)[0].step_id, "fb");
+    let (w, p) = (st.workflow().clone(), st.plan().clone());
+    let mut back = ExecutionState::restore(st.execution().clone(), w, p);
+    let acts = back.apply(Input::Recover, &mut env);
+    let mut asked: Vec<String> = checks(&acts).into_iter().map(|c| c.step_id).collect();
+    asked.sort();
+    assert_eq!(asked, vec!["a", "fb"]);
+    let acts = settle(&mut back, acts, &mut env);
+    let mut called = call_ids(&acts);
+    called.sort();
+    assert_eq!(called, vec!["a", "fb"]);
+}
+
+/// No step starts while paused: a verdict that arrives then is dropped, and the step
+/// is evaluated again on resume.
+#[test]
+fn verdict_while_paused_waits_for_resume() {
+    let mut env = TestEnv::new();
+    let (mut st, acts) = start(
+        json!({"id": "w", "name": "n", "steps": [cel_step("a", "x == 5", &[])]}),
+        &mut env,
+    );
+    let asked = checks(&acts);
+    st.apply(Input::Pause, &mut env);
+    let acts = st.apply(verdict(&asked[0]), &mut env);
+    assert!(call_ids(&acts).is_empty());
+    assert_eq!(status(&st, "a"), StepStatus::Pending);
+    assert_eq!(st.status(), ExecutionStatus::Paused, "work is left");
+    let acts = st.apply(Input::Resume, &mut env);
+    let acts = settle(&mut st, acts, &mut env);
+    assert_eq!(call_ids(&acts), vec!["a"]);
+}
+
+/// Over the budget with this execution's values: `CONDITION_ERROR`, naming the limit.
+#[test]
+fn condition_over_budget_on_the_values_fails_the_step() {
+    let mut env = TestEnv::new();
+    let (mut st, acts) = start(
+        json!({"id": "w", "name": "n", "steps": [
+            {"id": "a", "capability": "c"},
+            cel_step("b", "steps.a.outputs.items.exists(x, steps.a.outputs.items.exists(y, x == y + 1))", &["a"])]}),
+        &mut env,
+    );
+    settle(&mut st, acts, &mut env);
+    let items: Vec<u32> = (0..2000).collect();
+    let acts = st.apply(ok("a", 1, json!({"items": items})), &mut env);
+    settle(&mut st, acts, &mut env);
+    let err = st.step(1).error.clone().expect("failed");
+    assert_eq!(err.code, "CONDITION_ERROR");
+    assert!(err.message.contains("celMaxCost"), "{}", err.message);
 }
 
 #[test]
@@ -967,5 +1108,98 @@ mod props {
             for a in pending { if let Action::Publish(e) = a && e.event_type.is_terminal() { terminal_events += 1; } }
             prop_assert_eq!(terminal_events, 1);
         }
+    }
+}
+
+fn refusal(acts: &[Action]) -> Option<&Refusal> {
+    match acts {
+        [Action::Refused(r)] => Some(r),
+        _ => None,
+    }
+}
+
+#[test]
+fn control_inputs_that_do_not_apply_are_refused_with_the_current_status() {
+    let mut env = TestEnv::new();
+    // Pending: cancel applies; pause and resume are refused.
+    let (w, p) = workflow(chain3());
+    let mut st = ExecutionState::new("e".into(), w, p, Map::new(), None, None, env.now);
+    st.take_changes();
+    for (input, op) in [
+        (Input::Pause, ControlOp::Pause),
+        (Input::Resume, ControlOp::Resume),
+    ] {
+        let acts = st.apply(input, &mut env);
+        let r = refusal(&acts).expect("refused while pending");
+        assert_eq!((r.op, r.status), (op, ExecutionStatus::Pending));
+        assert!(st.take_changes().is_empty(), "a refusal changes nothing");
+    }
+
+    // Running: resume is refused, pause applies, a second pause is refused.
+    let (mut st, _) = start(chain3(), &mut env);
+    st.take_changes();
+    let acts = st.apply(Input::Resume, &mut env);
+    assert_eq!(
+        refusal(&acts).map(|r| (r.op, r.status, r.why)),
+        Some((
+            ControlOp::Resume,
+            ExecutionStatus::Running,
+            "it is not paused"
+        ))
+    );
+    assert!(st.take_changes().is_empty(), "a refusal changes nothing");
+    assert!(refusal(&st.apply(Input::Pause, &mut env)).is_none());
+    let acts = st.apply(Input::Pause, &mut env);
+    assert_eq!(
+        refusal(&acts).map(|r| (r.status, r.why)),
+        Some((ExecutionStatus::Paused, "it is already paused"))
+    );
+
+    // Cancelled (finished): every control input is refused, nothing changes.
+    let acts = st.apply(Input::Cancel { reason: None }, &mut env);
+    assert_eq!(st.status(), ExecutionStatus::Cancelled);
+    assert!(refusal(&acts).is_none());
+    st.take_changes();
+    for (input, op) in [
+        (Input::Cancel { reason: None }, ControlOp::Cancel),
+        (Input::Pause, ControlOp::Pause),
+        (Input::Resume, ControlOp::Resume),
+    ] {
+        let acts = st.apply(input, &mut env);
+        let r = refusal(&acts).expect("refused once finished");
+        assert_eq!(
+            (r.op, r.status, r.why),
+            (op, ExecutionStatus::Cancelled, "it already finished")
+        );
+        assert!(st.take_changes().is_empty());
+    }
+    assert_eq!(
+        Refusal::finished(ControlOp::Pause, ExecutionStatus::Completed).message("x"),
+        "cannot pause execution x: it already finished (status completed)"
+    );
+}
+
+#[test]
+fn compensating_refuses_pause_and_cancel() {
+    let mut env = TestEnv::new();
+    env.compensations
+        .insert(("agent-1".into(), "reserve".into()), "release".into());
+    let (mut st, _) = start(rollback_wf(), &mut env);
+    st.apply(ok("a", 1, json!({})), &mut env);
+    let acts = st.apply(fail("b", 1, "X", false), &mut env);
+    assert!(!calls(&acts).is_empty(), "compensating");
+    assert_eq!(st.phase(), Phase::Compensating);
+    st.take_changes();
+    for (input, op) in [
+        (Input::Pause, ControlOp::Pause),
+        (Input::Cancel { reason: None }, ControlOp::Cancel),
+    ] {
+        let acts = st.apply(input, &mut env);
+        let r = refusal(&acts).expect("refused while compensating");
+        assert_eq!(
+            (r.op, r.status, r.why),
+            (op, ExecutionStatus::Running, "it is compensating")
+        );
+        assert!(st.take_changes().is_empty());
     }
 }

@@ -130,6 +130,12 @@ impl RegisteredAgent {
         }
     }
 
+    /// Write the transport in effect into `transport`, so that every read
+    /// shows it (a definition replaced later is settled again).
+    pub fn settle_transport(&mut self) {
+        self.transport = Some(self.effective_transport());
+    }
+
     pub fn capability(&self, id: &str) -> Option<&AgentCapability> {
         self.capabilities.iter().find(|c| c.id == id)
     }

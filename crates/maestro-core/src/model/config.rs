@@ -41,7 +41,9 @@ pub struct MaestroConfig {
     /// Wall-time limit of an execution in ms when its workflow sets no
     /// `maxDuration`. Greater than 0.
     pub default_workflow_timeout: u64,
-    /// Newest events the event bus keeps in memory. Greater than 0.
+    /// Events queued for each in-process event subscription
+    /// (`Maestro::subscribe_to_events`) before a slow one loses events; the
+    /// server's own event streams have their own bounds. Greater than 0.
     pub event_bus_buffer_size: u32,
     /// Interval of the agent health checks in ms. Greater than 0.
     pub health_check_interval_ms: u64,

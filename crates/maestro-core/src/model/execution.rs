@@ -42,11 +42,6 @@ impl ExecutionStatus {
         )
     }
 
-    /// Active executions hold a slot of `maxConcurrentWorkflows` (paused ones keep theirs).
-    pub fn is_active(self) -> bool {
-        matches!(self, ExecutionStatus::Running | ExecutionStatus::Paused)
-    }
-
     pub fn as_str(self) -> &'static str {
         match self {
             ExecutionStatus::Pending => "pending",

@@ -50,7 +50,8 @@ pub fn validate_id(kind: &str, id: &str) -> Result<(), Error> {
 }
 
 /// Step ids: 1–64 of `[A-Za-z0-9_-]` (no dots or colons, so placeholder paths and
-/// idempotency keys parse one way).
+/// idempotency keys parse one way). The error names no `stepId`: only a valid id
+/// can name a step.
 pub fn validate_step_id(id: &str) -> Result<(), Error> {
     let ok = !id.is_empty()
         && id.len() <= MAX_STEP_ID_LEN
@@ -62,8 +63,7 @@ pub fn validate_step_id(id: &str) -> Result<(), Error> {
     } else {
         Err(Error::validation(format!(
             "invalid step id {id:?}: expected 1-{MAX_STEP_ID_LEN} characters of [A-Za-z0-9_-]"
-        ))
-        .step(id))
+        )))
     }
 }
 
@@ -151,11 +151,81 @@ mod tests {
             {"type": "comparison", "variable": "verified", "operator": "eq", "value": true}))
         .unwrap();
         assert!(matches!(c, ExecutionCondition::Comparison { .. }));
-        assert!(
-            serde_json::from_value::<ExecutionCondition>(serde_json::json!(
+        // A bad shape reads too, so that validation can name the step and the field.
+        let c: ExecutionCondition = serde_json::from_value(serde_json::json!(
             {"type": "comparison", "variable": "v", "operator": "like", "value": 1}))
-            .is_err()
+        .unwrap();
+        assert!(
+            matches!(&c, ExecutionCondition::Malformed { field, .. } if field == "operator"),
+            "{c:?}"
         );
+    }
+
+    #[test]
+    fn parse_errors_name_the_root_path_and_the_step() {
+        use serde_json::json;
+        let refusal = |doc: serde_json::Value| match parse_workflow(&doc) {
+            Err(Error::Invalid { code, details, .. }) => (
+                code.as_str(),
+                details.field.clone(),
+                details.step_id.clone(),
+            ),
+            other => panic!("{other:?}"),
+        };
+        let wf = |steps: serde_json::Value| json!({"id": "w", "name": "n", "steps": steps});
+        let ok = json!({"id": "a", "capability": "c"});
+        let cases = [
+            // A missing field is named under its object.
+            (
+                wf(json!([ok, {"id": "b"}])),
+                Some("steps[1].capability"),
+                Some("b"),
+            ),
+            (
+                wf(json!([{"id": "b", "capability": "c", "dependancies": []}])),
+                Some("steps[0].dependancies"),
+                Some("b"),
+            ),
+            (
+                wf(json!([ok, {"id": "b", "capability": "c",
+                    "errorHandler": {"type": "fallback", "acton": "x"}}])),
+                Some("steps[1].errorHandler.acton"),
+                Some("b"),
+            ),
+            (
+                wf(json!([{"id": "b", "capability": "c",
+                    "retryPolicy": {"delayMs": 1}}])),
+                Some("steps[0].retryPolicy.maxAttempts"),
+                Some("b"),
+            ),
+            // Only a valid step id names the step.
+            (
+                wf(json!([{"id": "a b", "capability": "c", "dependancies": []}])),
+                Some("steps[0].dependancies"),
+                None,
+            ),
+            (
+                wf(json!([{"id": 7, "capability": "c"}])),
+                Some("steps[0].id"),
+                None,
+            ),
+            (wf(json!([{"capability": "c"}])), Some("steps[0].id"), None),
+            (wf(json!([3])), Some("steps[0]"), None),
+            (json!({"id": "w", "name": "n"}), Some("steps"), None),
+            (json!([]), None, None),
+        ];
+        for (doc, field, step) in cases {
+            assert_eq!(
+                refusal(doc.clone()),
+                (
+                    "VALIDATION_FAILED",
+                    field.map(str::to_owned),
+                    step.map(str::to_owned)
+                ),
+                "{doc}"
+            );
+        }
+        assert!(parse_workflow(&wf(json!([ok]))).is_ok());
     }
 
     #[test]

@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::Timestamp;
+use crate::Error;
 
 /// What the workflow does when a step fails for good (after retries and handlers).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -69,6 +70,53 @@ impl Workflow {
     pub fn step(&self, id: &str) -> Option<&WorkflowStep> {
         self.steps.iter().find(|s| s.id == id)
     }
+}
+
+/// Read a workflow document: a define body, or the merge-patched document of an
+/// update. A refusal is `VALIDATION_FAILED` with `details.field` the path of the
+/// offending field from the root (`steps[1].dependancies`; a missing field is named
+/// too: `steps[1].capability`) and, when it lies inside a step, `details.stepId` that
+/// element's `id` if it is a valid step id: the element did not parse, but the
+/// client still needs to know which step to fix.
+pub fn parse_workflow(doc: &Value) -> Result<Workflow, Error> {
+    serde_path_to_error::deserialize(doc).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        let mut field = (path != "." && !path.is_empty()).then_some(path);
+        // serde names a missing field only in its message ("missing field `x`", the
+        // text of `de::Error::missing_field`), with the path of the enclosing object.
+        if let Some(name) = inner
+            .strip_prefix("missing field `")
+            .and_then(|rest| rest.strip_suffix('`'))
+        {
+            field = Some(match field {
+                Some(f) => format!("{f}.{name}"),
+                None => name.to_owned(),
+            });
+        }
+        let message = match &field {
+            Some(f) => format!("{f}: {inner}"),
+            None => inner,
+        };
+        let mut err = Error::validation(message);
+        if let Some(f) = field {
+            if let Some(id) = step_index(&f)
+                .and_then(|i| doc.get("steps")?.get(i)?.get("id")?.as_str())
+                .filter(|id| super::validate_step_id(id).is_ok())
+            {
+                err = err.step(id);
+            }
+            err = err.field(f);
+        }
+        err
+    })
+}
+
+/// `i` of a path `steps[i]...`.
+fn step_index(path: &str) -> Option<usize> {
+    let rest = path.strip_prefix("steps[")?;
+    let (digits, _) = rest.split_once(']')?;
+    digits.parse().ok()
 }
 
 /// One capability call of a workflow.
@@ -204,10 +252,13 @@ pub enum LogicalOp {
 
 /// A step's condition: structured data, or a CEL expression. Never code to `eval`.
 ///
-/// On the wire `{type: comparison|logical|expression, ...}`. Any other `type`
-/// deserializes to [`ExecutionCondition::Unsupported`] so that validation can answer
-/// with the right code: `javascript` is `UNSAFE_CONDITION`, anything else
-/// `INVALID_CONDITION`. Validated workflows never contain `Unsupported`.
+/// On the wire `{type: comparison|logical|expression, ...}`. Reading one never fails
+/// (any JSON value reads), so that validation, not serde, refuses a bad condition:
+/// with `INVALID_CONDITION` or `UNSAFE_CONDITION`, the step it belongs to and the
+/// exact field, which a serde error raised inside a step could not carry. Any other
+/// `type` reads as [`ExecutionCondition::Unsupported`] (`javascript` is
+/// `UNSAFE_CONDITION`, anything else `INVALID_CONDITION`); a known type with the wrong
+/// shape as [`ExecutionCondition::Malformed`]. Validated workflows contain neither.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum ExecutionCondition {
@@ -228,63 +279,200 @@ pub enum ExecutionCondition {
         #[serde(rename = "unsupportedType")]
         type_name: String,
     },
-}
-
-#[derive(Deserialize)]
-#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
-enum RawCondition {
-    Comparison {
-        variable: String,
-        operator: CompareOp,
-        #[serde(default)]
-        value: Value,
-    },
-    Logical {
-        operator: LogicalOp,
-        conditions: Vec<ExecutionCondition>,
-    },
-    Expression {
-        expression: String,
+    /// A condition that does not have the shape of its type: not an object, no or a
+    /// non-string `type`, an unknown field, a missing or ill-typed operand, an unknown
+    /// operator (kept only to report it).
+    Malformed {
+        /// The offending field inside the condition (`operator`, `value`, ...); empty
+        /// when the condition itself is wrong (not an object).
+        field: String,
+        message: String,
     },
 }
 
 impl<'de> Deserialize<'de> for ExecutionCondition {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        use serde::de::Error as _;
-        let map = Map::<String, Value>::deserialize(d)?;
-        let type_name = match map.get("type") {
-            Some(Value::String(t)) => t.clone(),
-            Some(_) => return Err(D::Error::custom("condition `type` must be a string")),
-            None => return Err(D::Error::missing_field("type")),
-        };
-        match type_name.as_str() {
-            "comparison" | "logical" | "expression" => {
-                let raw: RawCondition =
-                    serde_json::from_value(Value::Object(map)).map_err(D::Error::custom)?;
-                Ok(match raw {
-                    RawCondition::Comparison {
-                        variable,
-                        operator,
-                        value,
-                    } => ExecutionCondition::Comparison {
-                        variable,
-                        operator,
-                        value,
-                    },
-                    RawCondition::Logical {
-                        operator,
-                        conditions,
-                    } => ExecutionCondition::Logical {
-                        operator,
-                        conditions,
-                    },
-                    RawCondition::Expression { expression } => {
-                        ExecutionCondition::Expression { expression }
-                    }
-                })
-            }
-            _ => Ok(ExecutionCondition::Unsupported { type_name }),
+        Ok(read_condition(Value::deserialize(d)?))
+    }
+}
+
+const COMPARISON_FIELDS: &[&str] = &["type", "variable", "operator", "value"];
+const LOGICAL_FIELDS: &[&str] = &["type", "operator", "conditions"];
+const EXPRESSION_FIELDS: &[&str] = &["type", "expression"];
+
+fn malformed(field: &str, message: impl Into<String>) -> ExecutionCondition {
+    ExecutionCondition::Malformed {
+        field: field.to_owned(),
+        message: message.into(),
+    }
+}
+
+/// `a`, `b` and `c` → "`a`, `b`, `c`".
+fn quoted(names: &[&str]) -> String {
+    names
+        .iter()
+        .map(|n| format!("`{n}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The operator names of an operator enum, as written on the wire.
+fn op_names<T: Serialize>(ops: &[T]) -> String {
+    ops.iter()
+        .filter_map(|op| serde_json::to_value(op).ok())
+        .filter_map(|v| v.as_str().map(str::to_owned))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A condition from any JSON value; problems become [`ExecutionCondition::Malformed`]
+/// naming the first offending field (`type`, then unknown fields in document order,
+/// then the operands in declaration order).
+fn read_condition(v: Value) -> ExecutionCondition {
+    let mut map = match v {
+        Value::Object(map) => map,
+        other => {
+            return malformed(
+                "",
+                format!(
+                    "a condition must be an object with a `type`, got {}",
+                    json_kind(&other)
+                ),
+            );
         }
+    };
+    let type_name = match map.get("type") {
+        Some(Value::String(t)) => t.clone(),
+        Some(_) => return malformed("type", "condition `type` must be a string"),
+        None => {
+            return malformed(
+                "type",
+                "a condition needs `type`: comparison, logical or expression",
+            );
+        }
+    };
+    let allowed = match type_name.as_str() {
+        "comparison" => COMPARISON_FIELDS,
+        "logical" => LOGICAL_FIELDS,
+        "expression" => EXPRESSION_FIELDS,
+        _ => return ExecutionCondition::Unsupported { type_name },
+    };
+    if let Some(k) = map.keys().find(|k| !allowed.contains(&k.as_str())) {
+        return malformed(
+            k,
+            format!(
+                "unknown field `{k}` in a {type_name} condition, expected one of {}",
+                quoted(allowed)
+            ),
+        );
+    }
+    match type_name.as_str() {
+        "comparison" => {
+            let variable = match map.remove("variable") {
+                Some(Value::String(s)) => s,
+                Some(_) => {
+                    return malformed(
+                        "variable",
+                        "`variable` must be a string: a path such as user.age",
+                    );
+                }
+                None => return malformed("variable", "a comparison condition needs `variable`"),
+            };
+            const OPS: [CompareOp; 10] = [
+                CompareOp::Eq,
+                CompareOp::Neq,
+                CompareOp::Gt,
+                CompareOp::Gte,
+                CompareOp::Lt,
+                CompareOp::Lte,
+                CompareOp::In,
+                CompareOp::NotIn,
+                CompareOp::Exists,
+                CompareOp::Contains,
+            ];
+            let operator = match map.remove("operator") {
+                None => return malformed("operator", "a comparison condition needs `operator`"),
+                Some(raw) => match serde_json::from_value::<CompareOp>(raw.clone()) {
+                    Ok(op) => op,
+                    Err(_) => {
+                        return malformed(
+                            "operator",
+                            format!(
+                                "unknown comparison operator {raw}: expected one of {}",
+                                op_names(&OPS)
+                            ),
+                        );
+                    }
+                },
+            };
+            // An absent `value` means "present" for `exists` only; elsewhere it is a
+            // forgotten operand, not a comparison with null (write `null` for that).
+            let value = match map.remove("value") {
+                Some(v) => v,
+                None if operator == CompareOp::Exists => Value::Null,
+                None => {
+                    return malformed(
+                        "value",
+                        format!(
+                            "a {} comparison needs `value` (only `exists` may leave it out)",
+                            op_names(&[operator])
+                        ),
+                    );
+                }
+            };
+            ExecutionCondition::Comparison {
+                variable,
+                operator,
+                value,
+            }
+        }
+        "logical" => {
+            const OPS: [LogicalOp; 3] = [LogicalOp::And, LogicalOp::Or, LogicalOp::Not];
+            let operator = match map.remove("operator") {
+                None => return malformed("operator", "a logical condition needs `operator`"),
+                Some(raw) => match serde_json::from_value::<LogicalOp>(raw.clone()) {
+                    Ok(op) => op,
+                    Err(_) => {
+                        return malformed(
+                            "operator",
+                            format!(
+                                "unknown logical operator {raw}: expected one of {}",
+                                op_names(&OPS)
+                            ),
+                        );
+                    }
+                },
+            };
+            let conditions = match map.remove("conditions") {
+                Some(Value::Array(items)) => items.into_iter().map(read_condition).collect(),
+                Some(_) => {
+                    return malformed("conditions", "`conditions` must be an array of conditions");
+                }
+                None => {
+                    return malformed("conditions", "a logical condition needs `conditions`");
+                }
+            };
+            ExecutionCondition::Logical {
+                operator,
+                conditions,
+            }
+        }
+        _ => match map.remove("expression") {
+            Some(Value::String(expression)) => ExecutionCondition::Expression { expression },
+            Some(_) => malformed("expression", "`expression` must be a string (CEL)"),
+            None => malformed("expression", "an expression condition needs `expression`"),
+        },
+    }
+}
+
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
     }
 }
 
@@ -304,8 +492,8 @@ impl schemars::JsonSchema for ExecutionCondition {
         let compare_op = generator.subschema_for::<CompareOp>();
         let logical_op = generator.subschema_for::<LogicalOp>();
         let condition = generator.subschema_for::<ExecutionCondition>();
-        // `value` may be omitted on input (it then reads as `null`, e.g. for
-        // `exists`) but is always written.
+        // `value` may be omitted on input for `exists` (it then reads as `null`;
+        // missing for another operator, the condition is refused) but is always written.
         let comparison_required: &[&str] = if generator.contract().is_serialize() {
             &["type", "variable", "operator", "value"]
         } else {
@@ -328,9 +516,10 @@ impl schemars::JsonSchema for ExecutionCondition {
                         "variable": {"type": "string"},
                         "operator": compare_op,
                         "value": {
-                            "description": "The value to compare with (`null` when omitted): an \
-                                array for `in` / `not_in`, a boolean or nothing for `exists`, a \
-                                number or a string for `gt` / `gte` / `lt` / `lte`."
+                            "description": "The value to compare with, required by every \
+                                operator but `exists`: an array for `in` / `not_in`, a boolean \
+                                or nothing for `exists`, a number or a string for `gt` / `gte` \
+                                / `lt` / `lte`, anything (`null` included) for the others."
                         }
                     },
                     "required": comparison_required,

@@ -218,6 +218,7 @@ impl AgentRegistry {
         if self.ids.contains_key(agent.id.as_str()) {
             return Err(Error::already_exists("agent", agent.id));
         }
+        agent.settle_transport();
         if agent.last_heartbeat == 0 {
             agent.last_heartbeat = now;
         }
@@ -238,13 +239,14 @@ impl AgentRegistry {
 
     /// Take an agent's record as stored by another node (cluster mode), keeping
     /// this node's call statistics and in-flight counts of it.
-    pub fn replace_agent(&mut self, agent: RegisteredAgent) -> crate::Result<()> {
+    pub fn replace_agent(&mut self, mut agent: RegisteredAgent) -> crate::Result<()> {
         let Some(&s) = self.ids.get(agent.id.as_str()) else {
             let hb = agent.last_heartbeat;
             self.register_agent(agent, hb)?;
             return Ok(());
         };
         Self::validate_agent(&agent)?;
+        agent.settle_transport();
         self.unindex(s);
         if let Some(slot) = self.slot_mut(s) {
             slot.agent = agent;
@@ -266,6 +268,7 @@ impl AgentRegistry {
             return Ok((true, self.register_agent(agent, now)?));
         };
         Self::validate_agent(&agent)?;
+        agent.settle_transport();
         if agent.last_heartbeat == 0 {
             agent.last_heartbeat = now;
         }

@@ -1,7 +1,6 @@
 //! Choosing the agent a step runs on, and counting what runs where.
 
 use crate::model::{AgentStatus, RegisteredAgent};
-use crate::step_codes;
 
 use super::{AgentRegistry, Slot};
 
@@ -17,18 +16,6 @@ pub enum Route<'a> {
     /// Agents with the capability exist, but none is up with free `maxConcurrency`
     /// (the step waits, then fails `NO_AGENT_AVAILABLE`, retryable).
     NoneAvailable,
-}
-
-impl Route<'_> {
-    /// The step error code of a failed route; `None` for [`Route::Agent`].
-    pub fn step_code(&self) -> Option<&'static str> {
-        match self {
-            Route::Agent(_) => None,
-            Route::AgentNotFound => Some(step_codes::AGENT_NOT_FOUND),
-            Route::CapabilityNotFound => Some(step_codes::CAPABILITY_NOT_FOUND),
-            Route::NoneAvailable => Some(step_codes::NO_AGENT_AVAILABLE),
-        }
-    }
 }
 
 impl Slot {
@@ -153,14 +140,6 @@ mod tests {
         assert_eq!(picked(r.route("sign", Some("a2"))), "a2");
         r.update_agent_status("a2", Offline).unwrap();
         assert_eq!(r.route("sign", Some("a2")), Route::NoneAvailable);
-        assert_eq!(
-            r.route("sign", Some("a2")).step_code(),
-            Some("NO_AGENT_AVAILABLE")
-        );
-        assert_eq!(
-            Route::AgentNotFound.step_code(),
-            Some(step_codes::AGENT_NOT_FOUND)
-        );
     }
 
     #[test]
@@ -169,10 +148,6 @@ mod tests {
         assert_eq!(picked(r.route("sign", None)), "a1");
         assert_eq!(picked(r.route("verify", None)), "a2");
         assert_eq!(r.route("fly", None), Route::CapabilityNotFound);
-        assert_eq!(
-            r.route("fly", None).step_code(),
-            Some(step_codes::CAPABILITY_NOT_FOUND)
-        );
     }
 
     #[test]

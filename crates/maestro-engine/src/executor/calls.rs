@@ -328,10 +328,12 @@ pub(super) fn spawn_callback(
     url: String,
     body: Value,
 ) {
+    // The URL as logs may show it: its userinfo or query may hold a secret.
+    let shown = maestro_core::url::shown(&url).into_owned();
     tokio::spawn(async move {
         let delivered = match &env.outbound {
             None => {
-                tracing::warn!(%url, "callback not sent: no outbound HTTP configured");
+                tracing::warn!(url = %shown, "callback not sent: no outbound HTTP configured");
                 false
             }
             Some(out) => {
@@ -348,11 +350,11 @@ pub(super) fn spawn_callback(
                             break;
                         }
                         Err(e @ (OutboundError::Refused(_) | OutboundError::InvalidUrl(_))) => {
-                            tracing::warn!(%url, error = %e, "callback refused");
+                            tracing::warn!(url = %shown, error = %e, "callback refused");
                             break;
                         }
                         Err(e) => {
-                            tracing::debug!(%url, error = %e, attempt = n + 1, "callback failed");
+                            tracing::debug!(url = %shown, error = %e, attempt = n + 1, "callback failed");
                             if n + 1 < CALLBACK_ATTEMPTS {
                                 tokio::time::sleep(Duration::from_millis(CALLBACK_BACKOFF_MS << n))
                                     .await;

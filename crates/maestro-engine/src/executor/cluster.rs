@@ -1,6 +1,6 @@
-//! The executor in cluster mode (DESIGN.md "Scale-out", docs/OPERATIONS.md
-//! "Running a cluster"): every execution this node acts on is owned through a
-//! lease row.
+//! The executor in cluster mode (docs/ARCHITECTURE.md "Cluster mode",
+//! docs/OPERATIONS.md "Running a cluster"): every execution this node acts on
+//! is owned through a lease row.
 //!
 //! - A new execution is committed with a *queued* lease of this node; it starts
 //!   once a slot *activation* (serialized cluster-wide) turns its lease active,
@@ -251,16 +251,8 @@ impl Executor {
             executions = self.live.len(),
             "fencing: dropping every execution of this node; they are claimed again from the store"
         );
-        // Executions whose creating commit has not completed: their execute
-        // requests fail, and their idempotency keys are free again.
-        let uncommitted: HashSet<String> = self
-            .live
-            .iter()
-            .filter(|(_, l)| l.lease == Lease::None)
-            .map(|(id, _)| id.clone())
-            .collect();
-        self.recent_keys
-            .retain(|_, (_, id, _)| !uncommitted.contains(id));
+        // Executions whose creating commit has not been made yet are not
+        // written (nor their keys claimed): their execute requests fail.
         self.live.clear();
         self.queue.clear();
         self.active = 0;

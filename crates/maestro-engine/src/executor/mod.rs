@@ -1,13 +1,22 @@
 //! The Workflow Executor: performs what the state machine decides.
 //!
 //! One task (the *loop*) owns every live [`ExecutionState`]. Each turn it takes
-//! everything that arrived (agent answers, timers, execute/cancel/pause requests,
-//! events to append), applies each input to its execution, then commits all the
-//! resulting row changes and events of all executions in **one store
-//! transaction** (group commit: one fsync for the batch), and only then performs
-//! the actions: publish the committed events, answer the callers, send the next
-//! calls, arm timers. "Step N completed" and "step N+1 dispatched" are therefore
-//! one commit, and nothing is acknowledged or published before it is durable.
+//! everything that arrived (agent answers, timers, and the mutating requests as
+//! typed commands: execute, cancel/pause/resume, events to append), applies each
+//! input to its execution, then commits all the resulting row changes and events
+//! of all executions in **one store transaction** (group commit: one fsync for
+//! the batch), and only then performs the actions: publish the committed events,
+//! answer the callers, send the next calls, arm timers. "Step N completed" and
+//! "step N+1 dispatched" are therefore one commit, and nothing is acknowledged
+//! or published before it is durable.
+//!
+//! Nobody pre-checks a command: the state machine decides whether a control
+//! request applies (a refusal is an [`Action::Refused`], answered after the
+//! turn's commit), and the store decides an execute `Idempotency-Key` inside the
+//! commit that creates the execution ([`KeyClaim`]). A new execution with a key
+//! does not start before that commit says its claim won; one whose claim lost
+//! was not written and is dropped, and its caller is answered with the
+//! execution holding the key (or `IDEMPOTENCY_KEY_REUSED`).
 //!
 //! Calls run as their own tasks (routing, input check, per-attempt timeout,
 //! late-answer recording) and report back to the loop through its channel.
@@ -20,15 +29,16 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use maestro_core::choreography::WorkflowPlan;
-use maestro_core::machine::{Action, Env, ExecutionState, Input, TimerKey};
+use maestro_core::choreography::{CelBudget, ConditionError, WorkflowPlan};
+use maestro_core::machine::ControlOp;
+use maestro_core::machine::{Action, Env, ExecutionState, Input, Refusal, TimerKey};
 use maestro_core::model::{
     ChoreographyEvent, ExecutionContext, ExecutionStatus, MaestroConfig, NewEvent, StepExecution,
     StepMap, Timestamp, Workflow, WorkflowExecution,
 };
 use maestro_core::ports::{
-    AttemptRow, Batch, ClusterStore, ExecutionHeader, IdempotencyRecord, InvokeError, Invoker,
-    LeaseFence, Outbound, StepRow, Store,
+    AttemptRow, Batch, Claimed, ClusterStore, Committed, ExecutionHeader, IDEMPOTENCY_TTL_MS,
+    InvokeError, Invoker, KeyClaim, LeaseFence, Outbound, StepRow, Store,
 };
 use maestro_core::{Error, Result};
 use serde_json::{Map, Value};
@@ -64,6 +74,8 @@ pub struct ExecutorOptions {
     /// Cluster mode: executions are owned through leases (module docs of
     /// [`crate::cluster`]); `None` runs alone on the store.
     pub cluster: Option<ExecutorCluster>,
+    /// The work one CEL condition may do (`Limits::cel`).
+    pub cel_budget: CelBudget,
 }
 
 /// What the executor needs to share a database with other nodes.
@@ -99,6 +111,16 @@ pub enum Control {
     Cancel(Option<String>),
     Pause,
     Resume,
+}
+
+impl Control {
+    pub fn op(&self) -> ControlOp {
+        match self {
+            Control::Cancel(_) => ControlOp::Cancel,
+            Control::Pause => ControlOp::Pause,
+            Control::Resume => ControlOp::Resume,
+        }
+    }
 }
 
 pub(crate) enum Msg {
@@ -145,6 +167,12 @@ pub(crate) enum Msg {
     LeasesLost(Vec<String>),
     /// Cluster: stop acting on every execution (lease renewal failing).
     Fence(String),
+    /// The verdict on a step's CEL condition.
+    ConditionDone {
+        exec_id: String,
+        step_id: String,
+        verdict: std::result::Result<bool, ConditionError>,
+    },
 }
 
 /// An execution claimed from the store, ready to run here.
@@ -218,7 +246,8 @@ impl ExecutorHandle {
         .await?
     }
 
-    /// `Err(NotFound)` when the execution is not live in this executor.
+    /// `Err(NotFound)` when the execution is not live in this executor;
+    /// `Err(InvalidState)` when the state machine refused it (nothing changed).
     pub async fn control(&self, id: &str, op: Control) -> Result<WorkflowExecution> {
         self.ask(|reply| Msg::Control {
             id: id.to_owned(),
@@ -248,6 +277,9 @@ struct Live {
     tags: Vec<String>,
     /// Cluster mode: the lease this node holds on it (committed).
     lease: Lease,
+    /// Created with an `Idempotency-Key` whose claim is not committed yet: it
+    /// does not start until the commit says the claim won.
+    unclaimed: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -280,11 +312,30 @@ struct Turn {
     actions: Vec<(String, Action)>,
     appends: Vec<(usize, oneshot::Sender<Result<Vec<ChoreographyEvent>>>)>,
     append_events: Vec<NewEvent>,
-    idempotency: Vec<IdempotencyRecord>,
-    execute_replies: Vec<(String, oneshot::Sender<Result<Executed>>)>,
-    control_replies: Vec<(String, oneshot::Sender<Result<WorkflowExecution>>)>,
+    execute_replies: Vec<ExecuteAsk>,
+    control_replies: Vec<ControlAsk>,
     finished: Vec<String>,
     new_leases: Vec<String>,
+}
+
+/// An execute command of the turn, answered after its commit.
+struct ExecuteAsk {
+    reply: oneshot::Sender<Result<Executed>>,
+    /// The new execution; `None` when the request was refused (`refusal`) and
+    /// only its key is looked at.
+    execution: Option<String>,
+    /// The request's `Idempotency-Key`: a claim (with `execution`), or a probe.
+    claim: Option<KeyClaim>,
+    /// A probe's answer when no live claim holds the key.
+    refusal: Option<Error>,
+}
+
+/// A control command of the turn: the state it made (committed with the
+/// turn), or the machine's refusal.
+struct ControlAsk {
+    id: String,
+    reply: oneshot::Sender<Result<WorkflowExecution>>,
+    outcome: std::result::Result<Option<WorkflowExecution>, Refusal>,
 }
 
 impl Turn {
@@ -302,11 +353,23 @@ impl Turn {
     }
 }
 
+/// An execute answer waiting for its commit.
+struct ExecuteReply {
+    reply: oneshot::Sender<Result<Executed>>,
+    /// The answer unless a claim says otherwise: the new execution as
+    /// committed, or a probe's refusal.
+    answer: Result<Executed>,
+    /// The new execution (not for a probe).
+    execution: Option<String>,
+    /// The claim's index in the batch, its key and its request hash.
+    claim: Option<(usize, String, String)>,
+}
+
 /// A turn whose batch is being committed: what to do once it is durable.
 struct Pending {
     actions: Vec<(String, Action)>,
     appends: Vec<(usize, oneshot::Sender<Result<Vec<ChoreographyEvent>>>)>,
-    execute_replies: Vec<(oneshot::Sender<Result<Executed>>, Result<Executed>)>,
+    execute_replies: Vec<ExecuteReply>,
     control_replies: Vec<(
         oneshot::Sender<Result<WorkflowExecution>>,
         Result<WorkflowExecution>,
@@ -316,7 +379,7 @@ struct Pending {
     new_leases: Vec<String>,
 }
 
-type CommitTask = tokio::task::JoinHandle<Result<Vec<ChoreographyEvent>>>;
+type CommitTask = tokio::task::JoinHandle<Result<Committed>>;
 
 struct LoopEnv<'a> {
     now: Timestamp,
@@ -352,21 +415,18 @@ pub struct Executor {
     active: usize,
     timers: Timers,
     waiters: HashMap<String, Vec<oneshot::Sender<()>>>,
-    /// Idempotency keys taken by this process in the last minute: (workflow, key) →
-    /// (request hash, execution id, when). The store answers for older ones; this
-    /// closes the window between the facade's store look-up and the commit.
-    recent_keys: HashMap<(String, String), (String, String, Timestamp)>,
     calls: calls::InFlight,
     call_env: Arc<CallEnv>,
     /// Shutting down: answers are still committed, but no new call is sent (the
     /// committed attempt is re-sent, same key, at the next start).
     draining: bool,
     cluster: Option<ClusterState>,
+    /// CEL conditions evaluated at once, on blocking threads: one per core, so that
+    /// slow conditions cannot take every thread (nor the loop's).
+    cel_slots: Arc<tokio::sync::Semaphore>,
 }
 
 const MAX_INPUTS_PER_TURN: usize = 4096;
-const RECENT_KEYS_PRUNE_AT: usize = 4096;
-const RECENT_KEYS_KEEP_MS: u64 = 60_000;
 
 impl Executor {
     pub fn new(mut opts: ExecutorOptions) -> (Executor, ExecutorHandle) {
@@ -402,10 +462,12 @@ impl Executor {
             active: 0,
             timers: Timers::default(),
             waiters: HashMap::new(),
-            recent_keys: HashMap::new(),
             calls: calls::InFlight::default(),
             call_env,
             draining: false,
+            cel_slots: Arc::new(tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(1, |n| n.get()),
+            )),
         };
         (ex, handle)
     }
@@ -431,6 +493,10 @@ impl Executor {
         // committed, and acted on, strictly one after the other.
         let mut turn = Turn::default();
         let mut inflight: Option<(CommitTask, Pending)> = None;
+        // A config change wakes the loop: a raised maxConcurrentWorkflows
+        // starts queued executions at once (the config is read every turn).
+        let mut config_changes = self.opts.config.watch();
+        let mut config_open = true;
         loop {
             let retry_at = self.cluster.as_ref().and_then(|c| c.retry_at);
             let next_timer = match (self.timers.next_at(), retry_at) {
@@ -456,6 +522,9 @@ impl Executor {
                 }
                 _ = sleep_opt(next_timer) => {}
                 _ = sleep_opt(drain_tick) => {}
+                changed = config_changes.changed(), if config_open => {
+                    config_open = changed.is_ok();
+                }
             }
             if let Some(r) = committed {
                 let (_, pending) = inflight.take().expect("a commit was in flight");
@@ -490,7 +559,7 @@ impl Executor {
             if inflight.is_none() && !turn.is_empty() {
                 let (batch, pending) = self.prepare(std::mem::take(&mut turn));
                 if batch.is_empty() {
-                    if let Err(e) = self.complete(pending, Ok(Vec::new())) {
+                    if let Err(e) = self.complete(pending, Ok(Committed::default())) {
                         tracing::error!(error = %e, "executor stops");
                         return;
                     }
@@ -538,40 +607,35 @@ impl Executor {
                     let _ = reply.send(Err(Error::NotReady("shutting down".into())));
                     return;
                 }
-                if let Some((key, hash)) = &req.idempotency
-                    && let Some((h, existing, _)) =
-                        self.recent_keys.get(&(workflow.id.clone(), key.clone()))
-                {
-                    let r = if h == hash {
-                        Ok(Executed::Existing(existing.clone()))
-                    } else {
-                        Err(Error::IdempotencyKeyReused(key.clone()))
-                    };
-                    let _ = reply.send(r);
-                    return;
-                }
+                let claim = req.idempotency.map(|(key, request_hash)| KeyClaim {
+                    workflow_id: workflow.id.clone(),
+                    key,
+                    request_hash,
+                    execution_id: Some(id.clone()),
+                    now,
+                    expires_at: now.saturating_add(IDEMPOTENCY_TTL_MS),
+                });
                 let has_slot =
                     self.active < config.max_concurrent_workflows as usize && self.queue.is_empty();
                 if !has_slot && self.queue.len() >= self.opts.max_queued {
-                    let _ = reply.send(Err(Error::QueueFull(self.queue.len())));
-                    return;
-                }
-                if let Some((key, hash)) = req.idempotency.clone() {
-                    if self.recent_keys.len() >= RECENT_KEYS_PRUNE_AT {
-                        self.recent_keys
-                            .retain(|_, (_, _, at)| now.saturating_sub(*at) < RECENT_KEYS_KEEP_MS);
+                    let refusal = Error::QueueFull(self.queue.len());
+                    match claim {
+                        // A refused request claims no key; but a live claim of
+                        // its key answers it (a replay), so the key is probed.
+                        Some(mut probe) => {
+                            probe.execution_id = None;
+                            turn.execute_replies.push(ExecuteAsk {
+                                reply,
+                                execution: None,
+                                claim: Some(probe),
+                                refusal: Some(refusal),
+                            });
+                        }
+                        None => {
+                            let _ = reply.send(Err(refusal));
+                        }
                     }
-                    self.recent_keys.insert(
-                        (workflow.id.clone(), key.clone()),
-                        (hash.clone(), id.clone(), now),
-                    );
-                    turn.idempotency.push(IdempotencyRecord {
-                        workflow_id: workflow.id.clone(),
-                        key,
-                        request_hash: hash,
-                        execution_id: id.clone(),
-                        created_at: now,
-                    });
+                    return;
                 }
                 let tags = workflow.tags.clone();
                 let state = ExecutionState::new(
@@ -589,6 +653,7 @@ impl Executor {
                         state,
                         tags,
                         lease: Lease::None,
+                        unclaimed: claim.is_some(),
                     },
                 );
                 self.queue.push_back(id.clone());
@@ -596,30 +661,17 @@ impl Executor {
                 if self.cluster.is_some() {
                     turn.new_leases.push(id.clone());
                 }
-                turn.execute_replies.push((id, reply));
+                turn.execute_replies.push(ExecuteAsk {
+                    reply,
+                    execution: Some(id),
+                    claim,
+                    refusal: None,
+                });
                 // Slots are filled (FIFO) at the end of the turn.
             }
             Msg::Control { id, op, reply } => {
-                let Some(live) = self.live.get(&id) else {
+                if self.live.get(&id).is_none_or(|l| l.unclaimed) {
                     let _ = reply.send(Err(Error::not_found("execution", id)));
-                    return;
-                };
-                let st = &live.state;
-                let allowed = match &op {
-                    Control::Cancel(_) => st.can_cancel(),
-                    Control::Pause => st.status() == ExecutionStatus::Running,
-                    Control::Resume => st.status() == ExecutionStatus::Paused,
-                };
-                if !allowed {
-                    let what = match op {
-                        Control::Cancel(_) => "cancel",
-                        Control::Pause => "pause",
-                        Control::Resume => "resume",
-                    };
-                    let _ = reply.send(Err(Error::InvalidState(format!(
-                        "cannot {what} execution {id} while it is {}",
-                        st.status().as_str()
-                    ))));
                     return;
                 }
                 let input = match op {
@@ -627,8 +679,21 @@ impl Executor {
                     Control::Pause => Input::Pause,
                     Control::Resume => Input::Resume,
                 };
+                // The machine decides: the transition, or a refusal that
+                // changed nothing. Either is answered after this turn's commit.
+                let from = turn.actions.len();
                 self.apply(&id, input, turn, now, config);
-                turn.control_replies.push((id, reply));
+                let refused = turn.actions[from..].iter().find_map(|(x, a)| match a {
+                    Action::Refused(r) if *x == id => Some(r.clone()),
+                    _ => None,
+                });
+                // The state this command made, whatever the rest of the turn
+                // does next (all of it is committed together).
+                let outcome = match refused {
+                    Some(r) => Err(r),
+                    None => Ok(self.live.get(&id).map(|l| l.state.execution().clone())),
+                };
+                turn.control_replies.push(ControlAsk { id, reply, outcome });
             }
             Msg::CallDone {
                 exec_id,
@@ -700,6 +765,17 @@ impl Executor {
                 }
             }
             Msg::Fence(reason) => self.fence_all(&reason),
+            Msg::ConditionDone {
+                exec_id,
+                step_id,
+                verdict,
+            } => self.apply(
+                &exec_id,
+                Input::ConditionEvaluated { step_id, verdict },
+                turn,
+                now,
+                config,
+            ),
         }
     }
 
@@ -748,6 +824,11 @@ impl Executor {
             let Some(id) = self.queue.front().cloned() else {
                 break;
             };
+            if self.live.get(&id).is_some_and(|l| l.unclaimed) {
+                // Its key claim is being committed: it (and, FIFO, those
+                // behind it) start once the commit says it won.
+                break;
+            }
             self.apply(&id, Input::Start, turn, now, config);
             if self.queue.front() == Some(&id) {
                 // Could not start (should not happen): drop it from the queue to avoid spinning.
@@ -777,15 +858,12 @@ impl Executor {
                 batch.events.push(e.clone());
             }
         }
+        // A new execution with a key does not start before its claim is
+        // committed, so the events here never belong to one that loses its
+        // claim (the store drops nothing of them).
         let n_exec_events = batch.events.len();
         batch.events.extend(std::mem::take(&mut turn.append_events));
-        // A key whose execution was dropped before its first commit (a fence)
-        // is not stored: it would name an execution that does not exist.
         let live = &self.live;
-        batch.idempotency_keys = std::mem::take(&mut turn.idempotency)
-            .into_iter()
-            .filter(|k| live.contains_key(&k.execution_id))
-            .collect();
         turn.new_leases.retain(|id| live.contains_key(id));
         if let Some(c) = &self.cluster {
             let leased = |id: &String| self.live.get(id).is_some_and(|l| l.lease != Lease::None);
@@ -816,24 +894,48 @@ impl Executor {
                 .map(|l| l.state.execution().clone())
                 .ok_or_else(|| Error::not_found("execution", id))
         };
-        let execute_replies = turn
-            .execute_replies
-            .into_iter()
-            .map(|(id, r)| {
-                // Gone before its first commit: this node fenced itself.
-                let created = snapshot(&self.live, &id).map(Executed::Created).map_err(|_| {
-                    Error::NotReady(
+        let mut execute_replies = Vec::with_capacity(turn.execute_replies.len());
+        for ask in turn.execute_replies {
+            let answer = match (&ask.execution, ask.refusal) {
+                // Gone before its first commit: this node fenced itself. Its
+                // key is not claimed (it would name an execution that does
+                // not exist).
+                (Some(id), _) if !self.live.contains_key(id) => {
+                    let _ = ask.reply.send(Err(Error::NotReady(
                         "this node lost its database connection before the execution was stored; try again"
                             .into(),
-                    )
-                });
-                (r, created)
-            })
-            .collect();
+                    )));
+                    continue;
+                }
+                (Some(id), _) => snapshot(&self.live, id).map(Executed::Created),
+                (None, Some(refusal)) => Err(refusal),
+                (None, None) => Err(Error::store("an execute request without an execution")),
+            };
+            let claim = ask.claim.map(|c| {
+                let at = batch.claims.len();
+                let (key, hash) = (c.key.clone(), c.request_hash.clone());
+                batch.claims.push(c);
+                (at, key, hash)
+            });
+            execute_replies.push(ExecuteReply {
+                reply: ask.reply,
+                answer,
+                execution: ask.execution,
+                claim,
+            });
+        }
         let control_replies = turn
             .control_replies
             .into_iter()
-            .map(|(id, r)| (r, snapshot(&self.live, &id)))
+            .map(|c| {
+                let answer = match c.outcome {
+                    Err(r) => Err(Error::InvalidState(r.message(&c.id))),
+                    // Dropped before the commit (a fence): nothing is known here.
+                    Ok(Some(x)) if self.live.contains_key(&c.id) => Ok(x),
+                    Ok(_) => Err(Error::not_found("execution", &c.id)),
+                };
+                (c.reply, answer)
+            })
             .collect();
         let pending = Pending {
             actions: turn.actions,
@@ -849,31 +951,19 @@ impl Executor {
 
     /// The batch of `pending` was committed (or not): publish in seq order,
     /// answer, then act.
-    fn complete(
-        &mut self,
-        pending: Pending,
-        committed: Result<Vec<ChoreographyEvent>>,
-    ) -> Result<()> {
-        let committed = match committed {
-            Ok(ev) => ev,
+    fn complete(&mut self, pending: Pending, committed: Result<Committed>) -> Result<()> {
+        let Committed {
+            events: committed,
+            claims,
+        } = match committed {
+            Ok(c) => c,
             Err(e) => {
                 let msg = e.to_string();
-                // Those executions do not exist: their keys are free again.
-                let lost: HashSet<&str> = pending
-                    .execute_replies
-                    .iter()
-                    .filter_map(|(_, r)| match r {
-                        Ok(Executed::Created(x)) => Some(x.id.as_str()),
-                        _ => None,
-                    })
-                    .collect();
-                self.recent_keys
-                    .retain(|_, (_, id, _)| !lost.contains(id.as_str()));
                 for (_, r) in pending.appends {
                     let _ = r.send(Err(Error::store(msg.clone())));
                 }
-                for (r, _) in pending.execute_replies {
-                    let _ = r.send(Err(Error::store(msg.clone())));
+                for x in pending.execute_replies {
+                    let _ = x.reply.send(Err(Error::store(msg.clone())));
                 }
                 for (r, _) in pending.control_replies {
                     let _ = r.send(Err(Error::store(msg.clone())));
@@ -882,6 +972,46 @@ impl Executor {
             }
         };
         self.stats.commits.fetch_add(1, Ordering::Relaxed);
+        // Key claims first: a new execution whose claim lost was not written;
+        // it is dropped before anything else sees it.
+        let mut execute_answers = Vec::with_capacity(pending.execute_replies.len());
+        for x in pending.execute_replies {
+            let answer = match (
+                &x.claim,
+                x.claim.as_ref().and_then(|(i, ..)| claims.get(*i)),
+            ) {
+                (None, _) => x.answer,
+                (Some(_), Some(Claimed::Won)) => {
+                    if let Some(l) = x.execution.as_ref().and_then(|id| self.live.get_mut(id)) {
+                        l.unclaimed = false;
+                    }
+                    x.answer
+                }
+                (
+                    Some((_, key, hash)),
+                    Some(Claimed::Taken {
+                        execution_id,
+                        request_hash,
+                    }),
+                ) => {
+                    if let Some(id) = &x.execution {
+                        self.drop_unclaimed(id);
+                    }
+                    if request_hash == hash {
+                        Ok(Executed::Existing(execution_id.clone()))
+                    } else {
+                        Err(Error::IdempotencyKeyReused(key.clone()))
+                    }
+                }
+                (Some(_), Some(Claimed::Free) | None) => {
+                    if let Some(l) = x.execution.as_ref().and_then(|id| self.live.get_mut(id)) {
+                        l.unclaimed = false;
+                    }
+                    x.answer
+                }
+            };
+            execute_answers.push((x.reply, answer));
+        }
         match &mut self.cluster {
             Some(c) => {
                 if !committed.is_empty() {
@@ -910,7 +1040,7 @@ impl Executor {
             let evs: Vec<_> = rest.by_ref().take(n).collect();
             let _ = reply.send(Ok(evs));
         }
-        for (reply, r) in pending.execute_replies {
+        for (reply, r) in execute_answers {
             let _ = reply.send(r);
         }
         for (reply, r) in pending.control_replies {
@@ -940,11 +1070,21 @@ impl Executor {
         Ok(())
     }
 
+    /// Forget a new execution whose key claim was lost: it was never written
+    /// and never started (it held no slot, armed no timer, sent no call).
+    fn drop_unclaimed(&mut self, id: &str) {
+        if self.live.remove(id).is_some()
+            && let Some(pos) = self.queue.iter().position(|q| q == id)
+        {
+            self.queue.remove(pos);
+        }
+    }
+
     /// Commit a turn and act on it before returning (used at start).
     async fn commit_now(&mut self, turn: Turn) -> Result<()> {
         let (batch, pending) = self.prepare(turn);
         let committed = if batch.is_empty() {
-            Ok(Vec::new())
+            Ok(Committed::default())
         } else {
             self.opts.store.commit(batch).await
         };
@@ -953,7 +1093,10 @@ impl Executor {
 
     fn perform(&mut self, exec_id: &str, action: Action) {
         match action {
-            Action::Invoke(_) | Action::Callback { .. } if self.draining => {}
+            // Draining: nothing new goes out. The next start sends the committed attempt
+            // again, or begins the step (and evaluates its condition) again.
+            Action::Invoke(_) | Action::Callback { .. } | Action::EvaluateCondition(_)
+                if self.draining => {}
             Action::Invoke(call) => {
                 let Some(live) = self.live.get(exec_id) else {
                     return;
@@ -991,7 +1134,31 @@ impl Executor {
                     body,
                 );
             }
-            Action::Publish(_) | Action::Finished => {}
+            Action::EvaluateCondition(check) => {
+                // CEL may take up to its budget of CPU: never on this loop, so that a
+                // slow condition delays only its own execution.
+                let tx = self.call_env.tx.clone();
+                let slots = self.cel_slots.clone();
+                let budget = self.opts.cel_budget;
+                let exec_id = exec_id.to_owned();
+                tokio::spawn(async move {
+                    let _slot = slots.acquire_owned().await;
+                    let step_id = check.step_id.clone();
+                    let verdict = tokio::task::spawn_blocking(move || check.evaluate(&budget))
+                        .await
+                        .unwrap_or_else(|e| {
+                            Err(ConditionError {
+                                message: format!("condition evaluation failed: {e}"),
+                            })
+                        });
+                    let _ = tx.send(Msg::ConditionDone {
+                        exec_id,
+                        step_id,
+                        verdict,
+                    });
+                });
+            }
+            Action::Publish(_) | Action::Finished | Action::Refused(_) => {}
         }
     }
 
@@ -1013,7 +1180,15 @@ impl Executor {
         let status = execution.status;
         let tags = workflow.tags.clone();
         let state = ExecutionState::restore(execution, workflow, plan);
-        self.live.insert(id.clone(), Live { state, tags, lease });
+        self.live.insert(
+            id.clone(),
+            Live {
+                state,
+                tags,
+                lease,
+                unclaimed: false,
+            },
+        );
         if status == ExecutionStatus::Pending {
             if lease == Lease::Active {
                 self.queue.push_front(id);
@@ -1064,9 +1239,7 @@ impl Executor {
 }
 
 /// Resolves when the commit in flight (if any) is done.
-async fn commit_done(
-    inflight: &mut Option<(CommitTask, Pending)>,
-) -> Result<Vec<ChoreographyEvent>> {
+async fn commit_done(inflight: &mut Option<(CommitTask, Pending)>) -> Result<Committed> {
     match inflight {
         Some((task, _)) => match task.await {
             Ok(r) => r,

@@ -1,4 +1,4 @@
-//! The execution semantics of DESIGN.md, end to end through the executor with
+//! The execution semantics of docs/EXECUTION.md, end to end through the executor with
 //! in-process agents (timing with tokio's paused clock).
 
 use std::sync::Arc;

@@ -424,3 +424,89 @@ async fn retention_deletes_finished_executions_and_old_events() {
     assert_eq!(history.len(), 1);
     m.shutdown().await;
 }
+
+/// Polls `done` every 10 ms for up to 5 s.
+async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    for _ in 0..500 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+/// `eventBusBufferSize` is the queue of each `subscribe_to_events`
+/// subscription, as configured when it subscribes: a handler that falls
+/// further behind loses events, and nobody else is held up.
+#[tokio::test]
+async fn event_bus_buffer_size_bounds_a_slow_subscription() {
+    let m = maestro().await;
+    m.update_config(&json!({"eventBusBufferSize": 2}))
+        .await
+        .unwrap();
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (g, s) = (gate.clone(), seen.clone());
+    m.subscribe_to_events(
+        EventFilter {
+            event_types: vec![EventType::AgentEvent],
+            ..Default::default()
+        },
+        move |e| {
+            let (g, s) = (g.clone(), s.clone());
+            async move {
+                s.lock().unwrap().push(e.seq);
+                g.acquire().await.unwrap().forget();
+            }
+        },
+    );
+    let publish = || {
+        m.publish_event(maestro_core::model::NewEvent::engine(
+            EventType::AgentEvent,
+            json!({}),
+            0,
+        ))
+    };
+    let first = publish().await.unwrap().seq;
+    eventually("the handler to hold the first event", || {
+        *seen.lock().unwrap() == [first]
+    })
+    .await;
+    let mut rest = Vec::new();
+    for _ in 0..4 {
+        rest.push(publish().await.unwrap().seq);
+    }
+    eventually("two events lost", || m.bus().dropped_total() == 2).await;
+    gate.add_permits(10);
+    eventually("the queued events", || {
+        *seen.lock().unwrap() == [first, rest[0], rest[1]]
+    })
+    .await;
+    assert_eq!(m.bus().dropped_total(), 2);
+    m.shutdown().await;
+}
+
+/// The bus keeps no events: after a restart it continues after the store's
+/// last seq, and subscribers get only what is committed from then on.
+#[tokio::test]
+async fn the_bus_continues_after_the_log_at_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = sqlite_maestro(&dir).await;
+    let event = || maestro_core::model::NewEvent::engine(EventType::AgentEvent, json!({}), 0);
+    let before = m.publish_event(event()).await.unwrap().seq;
+    m.shutdown().await;
+
+    let m = sqlite_maestro(&dir).await;
+    assert_eq!(m.bus().last_seq(), m.store().last_seq().await.unwrap());
+    assert!(m.bus().last_seq() >= before);
+    let mut live = m.subscribe(EventFilter::default(), 16);
+    let next = m.publish_event(event()).await.unwrap();
+    assert!(next.seq > before);
+    let got = tokio::time::timeout(Duration::from_secs(5), live.recv())
+        .await
+        .expect("published live")
+        .expect("an event");
+    assert_eq!(got.seq, next.seq);
+    m.shutdown().await;
+}

@@ -4,4 +4,5 @@ mod crash;
 mod executor;
 mod facade;
 mod health;
+mod idempotency;
 pub mod support;

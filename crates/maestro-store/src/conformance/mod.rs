@@ -26,8 +26,8 @@ use maestro_core::model::{
     WorkflowExecution,
 };
 use maestro_core::ports::{
-    AttemptRow, Batch, EventOrder, ExecutionQuery, IdempotencyRecord, StepRow, Store,
-    SubscriptionRecord, TokenRecord,
+    AttemptRow, Batch, Claimed, Committed, EventOrder, ExecutionQuery, IDEMPOTENCY_TTL_MS,
+    IdempotencyRecord, KeyClaim, StepRow, Store, SubscriptionRecord, TokenRecord,
 };
 use serde_json::json;
 
@@ -47,6 +47,8 @@ pub async fn run_all(store: &dyn Store) {
     unfinished_executions(store).await;
     execution_stats(store).await;
     idempotency_keys(store).await;
+    idempotency_key_expiry(store).await;
+    concurrent_key_claims(store).await;
     event_seqs(store).await;
     query_events(store).await;
     event_payloads(store).await;
@@ -466,7 +468,8 @@ pub async fn commit_and_get_execution(store: &dyn Store) {
     let events = store
         .commit(batch)
         .await
-        .expect("commit_and_get_execution: commit");
+        .expect("commit_and_get_execution: commit")
+        .events;
     assert_eq!(
         events.iter().map(|e| e.seq).collect::<Vec<_>>(),
         vec![last + 1, last + 2],
@@ -498,7 +501,7 @@ pub async fn commit_and_get_execution(store: &dyn Store) {
             .commit(Batch::default())
             .await
             .expect("commit_and_get_execution: empty batch")
-            .is_empty(),
+            == Committed::default(),
         "commit_and_get_execution: an empty batch commits nothing"
     );
 }
@@ -1034,61 +1037,399 @@ pub async fn execution_stats(store: &dyn Store) {
     );
 }
 
-/// Execute idempotency keys: stored with the batch, scoped by workflow, first
-/// writer wins.
-pub async fn idempotency_keys(store: &dyn Store) {
-    let (e1, e2) = two_executions("conf-idem", 6_000_000);
-    let record = |key: &str, wf: &str, execution: &str| IdempotencyRecord {
+/// A claim of `key` (workflow `wf`) made at `now` by the new execution `by`
+/// (`None`: a probe), lasting 24 h.
+fn claim(wf: &str, key: &str, hash: &str, by: Option<&str>, now: u64) -> KeyClaim {
+    KeyClaim {
         workflow_id: wf.to_owned(),
         key: key.to_owned(),
-        request_hash: format!("hash-{execution}"),
-        execution_id: execution.to_owned(),
-        created_at: 6_000_000,
-    };
-    let first = record("key-1", "conf-idem-wf", &e1.id);
-    let other_workflow = record("key-1", "conf-idem-other", &e2.id);
-    let mut batch = rows_of(&[(&e1, &[])]);
-    batch.idempotency_keys = vec![first.clone(), other_workflow.clone()];
-    store.commit(batch).await.expect("idempotency_keys: commit");
+        request_hash: hash.to_owned(),
+        execution_id: by.map(str::to_owned),
+        now,
+        expires_at: now + IDEMPOTENCY_TTL_MS,
+    }
+}
+
+fn taken(execution_id: &str, hash: &str) -> Claimed {
+    Claimed::Taken {
+        execution_id: execution_id.to_owned(),
+        request_hash: hash.to_owned(),
+    }
+}
+
+/// Execute idempotency keys: claimed inside the commit, scoped by workflow; a
+/// claim that finds a live one loses, its execution (rows, events) is not
+/// written and the rest of the batch commits; two claims of a key in one batch
+/// are decided in order; probes write nothing.
+pub async fn idempotency_keys(store: &dyn Store) {
+    let t0 = 6_000_000;
+    let (e1, e2) = two_executions("conf-idem", t0);
+    let mut batch = rows_of(&[(&e1, &[]), (&e2, &[])]);
+    batch.claims = vec![
+        claim("conf-idem-wf", "key-1", "hash-1", Some(&e1.id), t0),
+        claim("conf-idem-other", "key-1", "hash-2", Some(&e2.id), t0),
+    ];
+    let done = store.commit(batch).await.expect("idempotency_keys: commit");
     assert_eq!(
-        store
-            .get_idempotency_key("conf-idem-wf", "key-1")
-            .await
-            .expect("get"),
+        done.claims,
+        vec![Claimed::Won, Claimed::Won],
+        "idempotency_keys: free keys are won"
+    );
+    let first = IdempotencyRecord {
+        workflow_id: "conf-idem-wf".to_owned(),
+        key: "key-1".to_owned(),
+        request_hash: "hash-1".to_owned(),
+        execution_id: e1.id.clone(),
+        created_at: t0,
+        expires_at: t0 + IDEMPOTENCY_TTL_MS,
+    };
+    let key = |wf: &'static str, k: &'static str| store.get_idempotency_key(wf, k);
+    assert_eq!(
+        key("conf-idem-wf", "key-1").await.expect("get"),
         Some(first.clone()),
         "idempotency_keys: stored with the batch"
     );
     assert_eq!(
-        store
-            .get_idempotency_key("conf-idem-other", "key-1")
+        key("conf-idem-other", "key-1")
             .await
-            .expect("get"),
-        Some(other_workflow),
+            .expect("get")
+            .map(|r| r.execution_id),
+        Some(e2.id.clone()),
         "idempotency_keys: keys are scoped by workflow"
     );
     assert_eq!(
-        store
-            .get_idempotency_key("conf-idem-wf", "key-2")
-            .await
-            .expect("get"),
+        key("conf-idem-wf", "key-2").await.expect("get"),
         None,
         "idempotency_keys: unknown key"
     );
-    let mut batch = rows_of(&[(&e2, &[])]);
-    batch.idempotency_keys = vec![record("key-1", "conf-idem-wf", &e2.id)];
+
+    // A race lost: the loser's rows and events are not written, the rest of
+    // the batch (another execution, a free key, an event) is.
+    let loser = execution(
+        "conf-idem-loser",
+        "conf-idem-wf",
+        ExecutionStatus::Running,
+        t0 + 10,
+        vec![step(
+            "s",
+            StepStatus::Running,
+            Some("a"),
+            vec![attempt(1, Some("a"), t0 + 10)],
+        )],
+    );
+    let bystander = execution(
+        "conf-idem-bystander",
+        "conf-idem-wf",
+        ExecutionStatus::Pending,
+        t0 + 10,
+        vec![step("s", StepStatus::Pending, None, vec![])],
+    );
+    let mut batch = rows_of(&[(&loser, &[]), (&bystander, &[])]);
+    batch.claims = vec![
+        claim("conf-idem-wf", "key-1", "hash-9", Some(&loser.id), t0 + 10),
+        claim(
+            "conf-idem-wf",
+            "key-2",
+            "hash-2",
+            Some(&bystander.id),
+            t0 + 10,
+        ),
+    ];
+    batch.events = vec![
+        engine_event(EventType::WorkflowStarted, &loser.id, t0 + 10),
+        engine_event(EventType::AgentEvent, "conf-idem-other-event", t0 + 10),
+    ];
+    let last = store.last_seq().await.expect("last_seq");
+    let done = store
+        .commit(batch)
+        .await
+        .expect("idempotency_keys: a batch with a lost claim still commits");
+    assert_eq!(
+        done.claims,
+        vec![taken(&e1.id, "hash-1"), Claimed::Won],
+        "idempotency_keys: a live claim holds its key (with its request hash)"
+    );
+    assert_eq!(
+        done.events
+            .iter()
+            .map(|e| (e.seq, e.correlation_id.as_str()))
+            .collect::<Vec<_>>(),
+        vec![(last + 1, "conf-idem-other-event")],
+        "idempotency_keys: the loser's events are not written"
+    );
+    assert_eq!(
+        store.get_execution(&loser.id).await.expect("get loser"),
+        None,
+        "idempotency_keys: the execution that lost its claim is not written"
+    );
+    assert_eq!(
+        get(store, &bystander.id, "idempotency_keys").await,
+        bystander
+    );
+    assert_eq!(
+        key("conf-idem-wf", "key-1").await.expect("get"),
+        Some(first),
+        "idempotency_keys: a lost claim changes nothing"
+    );
+
+    // Two claims of one key in one batch: decided in order.
+    let (a, b) = two_executions("conf-idem-dup", t0 + 20);
+    let mut batch = rows_of(&[(&a, &[]), (&b, &[])]);
+    batch.claims = vec![
+        claim("conf-idem-wf", "key-3", "hash-a", Some(&a.id), t0 + 20),
+        claim("conf-idem-wf", "key-3", "hash-b", Some(&b.id), t0 + 20),
+    ];
+    let done = store.commit(batch).await.expect("idempotency_keys: dup");
+    assert_eq!(
+        done.claims,
+        vec![Claimed::Won, taken(&a.id, "hash-a")],
+        "idempotency_keys: the second claim of a key in a batch finds the first"
+    );
+    assert_eq!(get(store, &a.id, "idempotency_keys").await, a);
+    assert_eq!(store.get_execution(&b.id).await.expect("get"), None);
+
+    // Probes answer without writing.
+    let done = store
+        .commit(Batch {
+            claims: vec![
+                claim("conf-idem-wf", "key-1", "hash-x", None, t0 + 30),
+                claim("conf-idem-wf", "key-probe", "hash-x", None, t0 + 30),
+            ],
+            ..Batch::default()
+        })
+        .await
+        .expect("idempotency_keys: probes");
+    assert_eq!(
+        done.claims,
+        vec![taken(&e1.id, "hash-1"), Claimed::Free],
+        "idempotency_keys: probes"
+    );
+    assert_eq!(
+        key("conf-idem-wf", "key-probe").await.expect("get"),
+        None,
+        "idempotency_keys: a probe claims nothing"
+    );
+}
+
+/// A claim expires `expires_at` after its creation, once its execution finished
+/// (whichever is later); an expired claim is re-pointed at the next execution
+/// of its key, which then holds it for another 24 h. Time is the `now` the
+/// claims carry (the engine's clock), never the database's.
+pub async fn idempotency_key_expiry(store: &dyn Store) {
+    const WF: &str = "conf-exp-wf";
+    let day = IDEMPOTENCY_TTL_MS;
+    let t0 = 7_000_000;
+    let new_exec =
+        |id: &str, status: ExecutionStatus, at: u64| execution(id, WF, status, at, vec![]);
+    let try_claim = |id: &'static str, hash: &'static str, now: u64| async move {
+        let e = new_exec(id, ExecutionStatus::Pending, now);
+        let mut batch = rows_of(&[(&e, &[])]);
+        batch.claims = vec![claim(WF, "k", hash, Some(id), now)];
+        let done = store
+            .commit(batch)
+            .await
+            .expect("idempotency_key_expiry: commit");
+        let stored = store.get_execution(id).await.expect("get").is_some();
+        assert_eq!(
+            stored,
+            done.claims[0] == Claimed::Won,
+            "idempotency_key_expiry: {id} is written exactly when its claim wins"
+        );
+        done.claims[0].clone()
+    };
+    let first = new_exec("conf-exp-1", ExecutionStatus::Running, t0);
+    let mut batch = rows_of(&[(&first, &[])]);
+    batch.claims = vec![claim(WF, "k", "h1", Some(&first.id), t0)];
     store
         .commit(batch)
         .await
-        .expect("idempotency_keys: a batch repeating a key still commits");
+        .expect("idempotency_key_expiry: first");
+
     assert_eq!(
-        store
-            .get_idempotency_key("conf-idem-wf", "key-1")
-            .await
-            .expect("get"),
-        Some(first),
-        "idempotency_keys: the first writer wins"
+        try_claim("conf-exp-2", "h2", t0 + day + 1).await,
+        taken("conf-exp-1", "h1"),
+        "idempotency_key_expiry: a claim whose execution still runs after 24 h holds"
     );
-    assert_eq!(get(store, &e2.id, "idempotency_keys").await, e2);
+    let mut finished = first.clone();
+    finished.status = ExecutionStatus::Completed;
+    finished.completed_at = Some(t0 + 5);
+    store
+        .commit(rows_of(&[(&finished, &[])]))
+        .await
+        .expect("idempotency_key_expiry: finish");
+    assert_eq!(
+        try_claim("conf-exp-3", "h1", t0 + day - 1).await,
+        taken("conf-exp-1", "h1"),
+        "idempotency_key_expiry: a finished execution's claim holds for 24 h"
+    );
+    assert_eq!(
+        try_claim("conf-exp-4", "h4", t0 + day).await,
+        Claimed::Won,
+        "idempotency_key_expiry: after 24 h, once finished, the key starts a new execution"
+    );
+    let t1 = t0 + day;
+    assert_eq!(
+        store.get_idempotency_key(WF, "k").await.expect("get"),
+        Some(IdempotencyRecord {
+            workflow_id: WF.to_owned(),
+            key: "k".to_owned(),
+            request_hash: "h4".to_owned(),
+            execution_id: "conf-exp-4".to_owned(),
+            created_at: t1,
+            expires_at: t1 + day,
+        }),
+        "idempotency_key_expiry: the claim is re-pointed, with the new request's hash and times"
+    );
+    assert_eq!(
+        try_claim("conf-exp-5", "h4", t1 + 1_000).await,
+        taken("conf-exp-4", "h4"),
+        "idempotency_key_expiry: the new claim holds for the next 24 h"
+    );
+    assert_eq!(
+        try_claim("conf-exp-6", "h6", t1 + 3 * day).await,
+        taken("conf-exp-4", "h4"),
+        "idempotency_key_expiry: ... and as long as its execution is unfinished"
+    );
+    // A claim whose execution no longer exists counts as finished.
+    store
+        .commit(Batch {
+            claims: vec![claim(WF, "ghost", "g", Some("conf-exp-ghost"), t0)],
+            ..Batch::default()
+        })
+        .await
+        .expect("idempotency_key_expiry: ghost");
+    let done = store
+        .commit(Batch {
+            claims: vec![
+                claim(WF, "ghost", "g2", None, t0 + day - 1),
+                claim(WF, "ghost", "g2", None, t0 + day),
+            ],
+            ..Batch::default()
+        })
+        .await
+        .expect("idempotency_key_expiry: probes");
+    assert_eq!(
+        done.claims,
+        vec![taken("conf-exp-ghost", "g"), Claimed::Free],
+        "idempotency_key_expiry: probes judge expiry like claims"
+    );
+}
+
+/// Eight commits at once each create an execution per key for the same keys:
+/// every key has exactly one winner, the one its stored claim names, and only
+/// the winners are written.
+pub async fn concurrent_key_claims(store: &dyn Store) {
+    let (a, b, c, d, e, f, g, h) = tokio::join!(
+        claim_round(store, "conf-race", 0),
+        claim_round(store, "conf-race", 1),
+        claim_round(store, "conf-race", 2),
+        claim_round(store, "conf-race", 3),
+        claim_round(store, "conf-race", 4),
+        claim_round(store, "conf-race", 5),
+        claim_round(store, "conf-race", 6),
+        claim_round(store, "conf-race", 7),
+    );
+    check_claim_race(store, "conf-race", vec![a, b, c, d, e, f, g, h]).await;
+}
+
+/// [`concurrent_key_claims`] from 8 spawned tasks (several threads at once).
+pub async fn concurrent_key_claims_spawned(store: Arc<dyn Store>) {
+    let handles: Vec<_> = (0..TASKS)
+        .map(|task| {
+            let store = store.clone();
+            tokio::spawn(async move { claim_round(&*store, "conf-race-t", task).await })
+        })
+        .collect();
+    let mut rounds = Vec::new();
+    for h in handles {
+        rounds.push(h.await.expect("concurrent_key_claims: task panicked"));
+    }
+    check_claim_race(&*store, "conf-race-t", rounds).await;
+}
+
+const RACED_KEYS: usize = 12;
+
+/// One contender: an execution per key (in a shuffled key order), all in one
+/// batch; the answers by key.
+async fn claim_round(store: &dyn Store, wf: &str, task: usize) -> Vec<Claimed> {
+    let now = 8_000_000 + task as u64;
+    let execs: Vec<WorkflowExecution> = (0..RACED_KEYS)
+        .map(|k| {
+            execution(
+                &format!("{wf}-{task}-{k}"),
+                wf,
+                ExecutionStatus::Pending,
+                now,
+                vec![step("s", StepStatus::Pending, None, vec![])],
+            )
+        })
+        .collect();
+    let order: Vec<usize> = (0..RACED_KEYS)
+        .map(|i| (i * 5 + task) % RACED_KEYS)
+        .collect();
+    let rows: Vec<(&WorkflowExecution, &[&str])> =
+        order.iter().map(|&k| (&execs[k], &[][..])).collect();
+    let mut batch = rows_of(&rows);
+    batch.claims = order
+        .iter()
+        .map(|&k| {
+            claim(
+                wf,
+                &format!("k{k}"),
+                &format!("h{task}"),
+                Some(&execs[k].id),
+                now,
+            )
+        })
+        .collect();
+    let done = store
+        .commit(batch)
+        .await
+        .unwrap_or_else(|e| panic!("concurrent_key_claims: task {task}: {e}"));
+    let mut by_key = vec![Claimed::Free; RACED_KEYS];
+    for (i, &k) in order.iter().enumerate() {
+        by_key[k] = done.claims[i].clone();
+    }
+    by_key
+}
+
+async fn check_claim_race(store: &dyn Store, wf: &str, rounds: Vec<Vec<Claimed>>) {
+    for k in 0..RACED_KEYS {
+        let stored = store
+            .get_idempotency_key(wf, &format!("k{k}"))
+            .await
+            .expect("concurrent_key_claims: get")
+            .expect("concurrent_key_claims: the key is claimed");
+        let winners: Vec<usize> = (0..rounds.len())
+            .filter(|&t| rounds[t][k] == Claimed::Won)
+            .collect();
+        assert_eq!(
+            winners.len(),
+            1,
+            "concurrent_key_claims: key k{k} has one winner: {rounds:?}"
+        );
+        let w = winners[0];
+        assert_eq!(stored.execution_id, format!("{wf}-{w}-{k}"));
+        for (t, r) in rounds.iter().enumerate() {
+            let exists = store
+                .get_execution(&format!("{wf}-{t}-{k}"))
+                .await
+                .expect("concurrent_key_claims: get execution")
+                .is_some();
+            assert_eq!(
+                exists,
+                t == w,
+                "concurrent_key_claims: only the winner is written"
+            );
+            if t != w {
+                assert_eq!(
+                    r[k],
+                    taken(&stored.execution_id, &format!("h{w}")),
+                    "concurrent_key_claims: the others are told who won"
+                );
+            }
+        }
+    }
 }
 
 fn seqs(events: &[ChoreographyEvent]) -> Vec<u64> {
@@ -1106,7 +1447,8 @@ pub async fn event_seqs(store: &dyn Store) {
             ..Batch::default()
         })
         .await
-        .expect("event_seqs: commit");
+        .expect("event_seqs: commit")
+        .events;
     assert_eq!(
         seqs(&committed),
         vec![s + 1, s + 2, s + 3],
@@ -1138,6 +1480,7 @@ pub async fn event_seqs(store: &dyn Store) {
             .commit(rows_of(&[(&e, &[])]))
             .await
             .expect("commit without events")
+            .events
             .is_empty(),
         "event_seqs: a batch without events returns none"
     );
@@ -1236,7 +1579,8 @@ pub async fn query_events(store: &dyn Store) {
             ..Batch::default()
         })
         .await
-        .expect("query_events: commit");
+        .expect("query_events: commit")
+        .events;
     all.extend(
         store
             .append_events(new[3..].to_vec())
@@ -1542,7 +1886,11 @@ pub async fn json_documents(store: &dyn Store) {
     ev.payload = doc();
     ev.metadata = Some(map(doc()));
     batch.events = vec![ev];
-    let written = store.commit(batch).await.expect("json_documents: commit");
+    let written = store
+        .commit(batch)
+        .await
+        .expect("json_documents: commit")
+        .events;
     let got = get(store, "conf-json-1", "json_documents").await;
     assert_eq!(got, e, "json_documents: the execution round trips");
     for (what, stored) in [
@@ -1849,7 +2197,8 @@ async fn commit_many(store: &dyn Store, task: usize) -> Vec<u64> {
         let events = store
             .commit(batch)
             .await
-            .unwrap_or_else(|err| panic!("concurrent_commits: task {task} batch {b}: {err}"));
+            .unwrap_or_else(|err| panic!("concurrent_commits: task {task} batch {b}: {err}"))
+            .events;
         let got = seqs_of(&events);
         assert!(
             got.windows(2).all(|w| w[1] == w[0] + 1),
@@ -1989,26 +2338,47 @@ pub async fn retention(store: &dyn Store) {
         (&old_running, &[]),
         (&recent, &[]),
     ]);
-    batch.idempotency_keys = vec![IdempotencyRecord {
-        workflow_id: "conf-ret-wf".to_owned(),
-        key: "conf-ret-key".to_owned(),
-        request_hash: "h".to_owned(),
-        execution_id: old_done.id.clone(),
-        created_at: 1_000,
-    }];
+    batch.claims = vec![claim(
+        "conf-ret-wf",
+        "conf-ret-key",
+        "h",
+        Some(&old_done.id),
+        1_000,
+    )];
     batch.events = vec![
         engine_event(EventType::AgentEvent, "conf-ret-done", 10),
         engine_event(EventType::AgentEvent, "conf-ret-done", 20),
         engine_event(EventType::AgentEvent, "conf-ret-recent", 200_000),
     ];
-    let written = store.commit(batch).await.expect("retention: commit");
+    let written = store.commit(batch).await.expect("retention: commit").events;
     let last = store.last_seq().await.expect("retention: last_seq");
 
+    // While its key claim is live, an old finished execution stays.
+    let claim_live = 50_000;
+    let n = store
+        .purge_executions(horizon, claim_live, 1_000_000)
+        .await
+        .expect("retention: purge_executions");
+    assert!(n >= 1, "retention: the unclaimed old execution goes ({n})");
+    assert_eq!(
+        get(store, "conf-ret-done", "retention").await,
+        old_done,
+        "retention: an execution a live claim points at stays"
+    );
+    assert!(
+        store
+            .get_idempotency_key("conf-ret-wf", "conf-ret-key")
+            .await
+            .expect("retention: key")
+            .is_some(),
+        "retention: a live claim is never deleted"
+    );
     // In batches of one: each call deletes at most `limit`.
-    let mut deleted = 0;
+    let now = 1_000 + IDEMPOTENCY_TTL_MS;
+    let mut deleted = n;
     loop {
         let n = store
-            .purge_executions(horizon, 1)
+            .purge_executions(horizon, now, 1)
             .await
             .expect("retention: purge_executions");
         assert!(
@@ -2046,7 +2416,7 @@ pub async fn retention(store: &dyn Store) {
             .await
             .expect("retention: key")
             .is_none(),
-        "retention: the key of a purged execution goes with it"
+        "retention: the expired key of a purged execution goes with it"
     );
 
     loop {

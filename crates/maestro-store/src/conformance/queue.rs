@@ -1,8 +1,8 @@
 //! Checks of the poll-task queue ([`TaskStore`](maestro_core::ports::TaskStore))
-//! and of execution leases ([`LeaseStore`](maestro_core::ports::LeaseStore)).
+//! and of named leases ([`LeaseStore`](maestro_core::ports::LeaseStore)).
 //!
-//! Only these checks write tasks and leases. `expire_leases`, `purge_tasks` and
-//! `expired_leases` act on the whole store, so each check uses a time window of
+//! Only these checks write tasks and leases. `expire_leases` (task leases) and
+//! `purge_tasks` act on the whole store, so each check uses a time window of
 //! its own (the concurrent checks' leases end far after the `tasks` window) and
 //! `leases` releases every lease it took.
 
@@ -554,15 +554,14 @@ pub async fn tasks(store: &dyn Store) {
     );
 }
 
-/// Execution leases: acquire when free, lapsed or own; not while another node
-/// holds it; renew a node's leases; release by the owner only; list lapsed ones.
+/// Named leases: acquire when free, lapsed or own; not while another node
+/// holds it; release by the owner only.
 pub async fn leases(store: &dyn Store) {
     const A: &str = "conf-node-a";
     const B: &str = "conf-node-b";
     const L1: &str = "conf-lease-1";
     const L2: &str = "conf-lease-2";
     const L3: &str = "conf-lease-3";
-    const L4: &str = "conf-lease-4";
     let acquire = |id: &'static str, node: &'static str, now: Timestamp, ttl: u64| async move {
         store
             .acquire_lease(id, node, now, ttl)
@@ -615,93 +614,36 @@ pub async fn leases(store: &dyn Store) {
         "leases: a released lease is free"
     );
 
-    // Renewal: every lease of the node.
+    // Several leases at once, each with its own end.
     assert!(acquire(L2, A, 1_200, 100).await);
-    assert!(acquire(L3, A, 1_200, 100).await);
-    assert!(acquire(L4, B, 1_200, 50).await);
-    assert_eq!(
-        store
-            .renew_leases(A, 1_260, 100)
-            .await
-            .expect("leases: renew"),
-        3,
-        "leases: renew counts the node's leases"
-    );
-    assert_eq!(
-        store
-            .renew_leases("conf-node-none", 1_260, 100)
-            .await
-            .expect("leases: renew"),
-        0,
-        "leases: a node without leases renews none"
-    );
+    assert!(acquire(L3, B, 1_200, 50).await);
     assert!(
-        !acquire(L2, B, 1_350, 100).await,
-        "leases: a renewed lease holds until now + ttl (1360)"
-    );
-
-    // Lapsed leases, by end of lease: L4 1250, L3 1300, L2 1310, L1 1360.
-    assert!(acquire(L3, A, 1_300, 0).await);
-    assert!(acquire(L2, A, 1_310, 0).await);
-    assert_eq!(
-        store
-            .expired_leases(1_250, 10)
-            .await
-            .expect("leases: expired"),
-        Vec::<String>::new(),
+        !acquire(L2, B, 1_300, 100).await,
         "leases: a lease ending exactly now has not lapsed"
     );
-    assert_eq!(
-        store
-            .expired_leases(1_400, 10)
-            .await
-            .expect("leases: expired"),
-        vec![L4, L3, L2, L1],
-        "leases: lapsed leases, the longest lapsed first"
-    );
-    assert_eq!(
-        store
-            .expired_leases(1_400, 2)
-            .await
-            .expect("leases: expired"),
-        vec![L4, L3],
-        "leases: at most `limit`"
-    );
-    assert_eq!(
-        store
-            .expired_leases(1_301, 10)
-            .await
-            .expect("leases: expired"),
-        vec![L4, L3],
-        "leases: only leases that ended before now"
+    assert!(
+        acquire(L3, A, 1_251, 100).await,
+        "leases: a shorter lease lapses first"
     );
     assert!(
-        acquire(L4, A, 1_400, 100).await,
-        "leases: a listed lapsed lease is taken over"
-    );
-    assert_eq!(
-        store
-            .renew_leases(B, 1_400, 100)
-            .await
-            .expect("leases: renew"),
-        0,
-        "leases: the node that lost its lease renews nothing"
+        !acquire(L3, B, 1_300, 100).await,
+        "leases: the new holder keeps it"
     );
 
-    for id in [L1, L2, L3, L4] {
+    for id in [L1, L2, L3] {
         assert!(
             store.release_lease(id, A).await.expect("leases: release"),
             "leases: release {id}"
         );
+        assert!(
+            acquire(id, B, 1_300, 100).await,
+            "leases: released {id} is free"
+        );
+        assert!(
+            store.release_lease(id, B).await.expect("leases: release"),
+            "leases: release {id} again"
+        );
     }
-    assert_eq!(
-        store
-            .expired_leases(u64::MAX, 10)
-            .await
-            .expect("leases: expired"),
-        Vec::<String>::new(),
-        "leases: released leases are gone"
-    );
 }
 
 const LEASE_WORKERS: usize = 8;

@@ -6,12 +6,12 @@ use std::collections::HashMap;
 use async_trait::async_trait;
 use maestro_core::Result;
 use maestro_core::model::{
-    Attempt, ChoreographyEvent, ExecutionContext, ExecutionStatus, StepExecution, StepMap,
-    StepStatus, WorkflowExecution,
+    Attempt, ExecutionContext, ExecutionStatus, StepExecution, StepMap, StepStatus,
+    WorkflowExecution,
 };
 use maestro_core::ports::{
-    Batch, ExecutionQuery, ExecutionStats, ExecutionStore, IdempotencyRecord, LEASE_LOST,
-    LeaseFence, Page,
+    Batch, Claimed, Committed, ExecutionQuery, ExecutionStats, ExecutionStore, HeldClaim,
+    IdempotencyRecord, KeyClaim, LEASE_LOST, Page,
 };
 use sqlx::postgres::PgRow;
 use sqlx::{AssertSqlSafe, PgConnection, Row};
@@ -82,11 +82,127 @@ const UPSERT_ATTEMPTS: &str = "INSERT INTO attempts (execution_id, step_id, atte
      started_at = EXCLUDED.started_at, completed_at = EXCLUDED.completed_at, \
      agent_id = EXCLUDED.agent_id, error = EXCLUDED.error, late_result = EXCLUDED.late_result";
 
-/// First writer wins: a key is never re-pointed at another execution.
-const INSERT_IDEMPOTENCY_KEYS: &str = "INSERT INTO idempotency_keys (workflow_id, key, \
-     request_hash, execution_id, created_at) \
-     SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[]) \
-     ON CONFLICT (workflow_id, key) DO NOTHING";
+/// Whether the stored claim `k` has expired at the claiming row's `created_at`
+/// (the engine's now): past its `expires_at` and its execution finished (or
+/// gone). A stale read of the execution's status can only say "unfinished"
+/// (a finished execution never runs again), so it errs on the side of the
+/// live claim.
+macro_rules! expired {
+    () => {
+        "(k.expires_at <= EXCLUDED.created_at AND NOT EXISTS (SELECT 1 FROM executions x \
+         WHERE x.id = k.execution_id AND x.status IN ('pending', 'running', 'paused')))"
+    };
+}
+
+/// Claim keys (distinct, in key order): a new row wins; a conflicting row is
+/// re-pointed when it has expired and kept otherwise. The row is locked either
+/// way (a concurrent claim of the key waits for this transaction, then sees
+/// its outcome), and every claimed key comes back with the claim it ends up
+/// with.
+const CLAIM_KEYS: &str = concat!(
+    "INSERT INTO idempotency_keys AS k (workflow_id, key, request_hash, execution_id, \
+     created_at, expires_at) \
+     SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], \
+     $6::bigint[]) \
+     ON CONFLICT (workflow_id, key) DO UPDATE SET request_hash = CASE WHEN ",
+    expired!(),
+    " THEN EXCLUDED.request_hash ELSE k.request_hash END, execution_id = CASE WHEN ",
+    expired!(),
+    " THEN EXCLUDED.execution_id ELSE k.execution_id END, created_at = CASE WHEN ",
+    expired!(),
+    " THEN EXCLUDED.created_at ELSE k.created_at END, expires_at = CASE WHEN ",
+    expired!(),
+    " THEN EXCLUDED.expires_at ELSE k.expires_at END \
+     RETURNING k.workflow_id, k.key, k.execution_id, k.request_hash"
+);
+
+/// A probe's look at a key: its claim, and whether its execution is unfinished.
+const HELD_CLAIM: &str = "SELECT k.execution_id, k.request_hash, k.expires_at, \
+     EXISTS (SELECT 1 FROM executions x WHERE x.id = k.execution_id \
+     AND x.status IN ('pending', 'running', 'paused')) AS unfinished \
+     FROM idempotency_keys k WHERE k.workflow_id = $1 AND k.key = $2";
+
+/// Decide the batch's key claims: the claims in one statement, then the probes
+/// (which see the batch's own claims). A later claim of a key already claimed
+/// in the batch gets the key's outcome, as if decided one after the other.
+async fn claim_keys(
+    conn: &mut PgConnection,
+    claims: &[KeyClaim],
+) -> Result<Vec<Claimed>, sqlx::Error> {
+    if claims.is_empty() {
+        return Ok(Vec::new());
+    }
+    let real: Vec<(usize, &KeyClaim)> = claims
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.execution_id.is_some())
+        .collect();
+    let distinct = first_by_key(&real, |(_, c)| (c.workflow_id.as_str(), c.key.as_str()));
+    let mut outcome: HashMap<(String, String), (String, String)> = HashMap::new();
+    if !distinct.is_empty() {
+        let mut k = KeyColumns::default();
+        for (_, (_, c)) in &distinct {
+            k.workflow_id.push(c.workflow_id.clone());
+            k.key.push(c.key.clone());
+            k.request_hash.push(c.request_hash.clone());
+            k.execution_id
+                .push(c.execution_id.clone().unwrap_or_default());
+            k.created_at.push(int(c.now));
+            k.expires_at.push(int(c.expires_at));
+        }
+        let rows = sqlx::query(CLAIM_KEYS)
+            .bind(&k.workflow_id)
+            .bind(&k.key)
+            .bind(&k.request_hash)
+            .bind(&k.execution_id)
+            .bind(&k.created_at)
+            .bind(&k.expires_at)
+            .fetch_all(&mut *conn)
+            .await?;
+        for r in rows {
+            outcome.insert(
+                (r.try_get("workflow_id")?, r.try_get("key")?),
+                (r.try_get("execution_id")?, r.try_get("request_hash")?),
+            );
+        }
+    }
+    let mut out = Vec::with_capacity(claims.len());
+    for c in claims {
+        let k = (c.workflow_id.clone(), c.key.clone());
+        let answer = match (outcome.get(&k), &c.execution_id) {
+            (Some((id, _)), Some(mine)) if id == mine => Claimed::Won,
+            (Some((id, hash)), _) => Claimed::Taken {
+                execution_id: id.clone(),
+                request_hash: hash.clone(),
+            },
+            (None, Some(_)) => {
+                return Err(sqlx::Error::Protocol(format!(
+                    "idempotency key {:?} of workflow {:?} was claimed but not returned",
+                    c.key, c.workflow_id
+                )));
+            }
+            (None, None) => {
+                let row = sqlx::query(HELD_CLAIM)
+                    .bind(&c.workflow_id)
+                    .bind(&c.key)
+                    .fetch_optional(&mut *conn)
+                    .await?;
+                let held = match row {
+                    None => None,
+                    Some(r) => Some(HeldClaim {
+                        execution_id: r.try_get("execution_id")?,
+                        request_hash: r.try_get("request_hash")?,
+                        expires_at: r.try_get::<i64, _>("expires_at")?.max(0) as u64,
+                        unfinished: r.try_get("unfinished")?,
+                    }),
+                };
+                c.decide(held.as_ref())
+            }
+        };
+        out.push(answer);
+    }
+    Ok(out)
+}
 
 #[derive(Default)]
 struct ExecutionColumns {
@@ -149,6 +265,7 @@ struct KeyColumns {
     request_hash: Vec<String>,
     execution_id: Vec<String>,
     created_at: Vec<i64>,
+    expires_at: Vec<i64>,
 }
 
 /// A batch encoded as column arrays, ready to be written (again, when a
@@ -157,7 +274,6 @@ struct BatchColumns {
     executions: ExecutionColumns,
     steps: StepColumns,
     attempts: AttemptColumns,
-    keys: KeyColumns,
     events: EventColumns,
 }
 
@@ -277,29 +393,17 @@ impl BatchColumns {
             a.late_result.push(write::opt_json(late_result.as_ref())?);
         }
 
-        let mut k = KeyColumns::default();
-        for (_, r) in first_by_key(&batch.idempotency_keys, |r| {
-            (r.workflow_id.as_str(), r.key.as_str())
-        }) {
-            k.workflow_id.push(r.workflow_id.clone());
-            k.key.push(r.key.clone());
-            k.request_hash.push(r.request_hash.clone());
-            k.execution_id.push(r.execution_id.clone());
-            k.created_at.push(int(r.created_at));
-        }
-
         Ok(BatchColumns {
             executions: x,
             steps: s,
             attempts: a,
-            keys: k,
             events: EventColumns::new(&batch.events)?,
         })
     }
 
     /// Header rows, then step rows, then attempt rows (the order the foreign
-    /// keys need), idempotency keys, and last the events with their seqs (the
-    /// counter is locked from there to the commit). Answers the first seq.
+    /// keys need), and last the events with their seqs (the counter is locked
+    /// from there to the commit). Answers the first seq.
     async fn write(&self, conn: &mut PgConnection) -> Result<Option<i64>, sqlx::Error> {
         let x = &self.executions;
         if !x.id.is_empty() {
@@ -358,17 +462,6 @@ impl BatchColumns {
                 .bind(&a.agent_id)
                 .bind(&a.error)
                 .bind(&a.late_result)
-                .execute(&mut *conn)
-                .await?;
-        }
-        let k = &self.keys;
-        if !k.key.is_empty() {
-            sqlx::query(INSERT_IDEMPOTENCY_KEYS)
-                .bind(&k.workflow_id)
-                .bind(&k.key)
-                .bind(&k.request_hash)
-                .bind(&k.execution_id)
-                .bind(&k.created_at)
                 .execute(&mut *conn)
                 .await?;
         }
@@ -581,13 +674,27 @@ fn execution_filter(q: &ExecutionQuery) -> Where {
 }
 
 impl PostgresStore {
-    /// `Ok(None)` when the batch's lease fence did not hold (nothing written).
+    /// The key claims first; then, without the new executions whose claim was
+    /// lost, the lease fence and the rows. `Ok(None)` when the fence did not
+    /// hold (nothing written); else the first event seq and the claims' answers.
     async fn commit_once(
         &self,
+        batch: &Batch,
         columns: &BatchColumns,
-        fence: Option<&LeaseFence>,
-    ) -> Result<Option<Option<i64>>, sqlx::Error> {
+    ) -> Result<Option<(Option<i64>, Vec<Claimed>)>, sqlx::Error> {
         let mut tx = self.write_tx().await?;
+        let claims = claim_keys(&mut tx, &batch.claims).await?;
+        let losers = batch.losers(&claims);
+        let narrowed;
+        let (columns, fence) = if losers.is_empty() {
+            (columns, batch.fence.as_ref())
+        } else {
+            let mut b = batch.clone();
+            b.drop_executions(&losers);
+            let c = BatchColumns::new(&b).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+            narrowed = (c, b.fence);
+            (&narrowed.0, narrowed.1.as_ref())
+        };
         if let Some(f) = fence
             && !super::cluster::apply_fence(&mut tx, f).await?
         {
@@ -596,22 +703,25 @@ impl PostgresStore {
         }
         let first = columns.write(&mut tx).await?;
         tx.commit().await?;
-        Ok(Some(first))
+        Ok(Some((first, claims)))
     }
 }
 
 #[async_trait]
 impl ExecutionStore for PostgresStore {
-    async fn commit(&self, batch: Batch) -> Result<Vec<ChoreographyEvent>> {
+    async fn commit(&self, mut batch: Batch) -> Result<Committed> {
         if batch.is_empty() {
-            return Ok(Vec::new());
+            return Ok(Committed::default());
         }
         let columns = BatchColumns::new(&batch)?;
-        let Some(first) = retry_conflicts!(self.commit_once(&columns, batch.fence.as_ref()))?
-        else {
+        let Some((first, claims)) = retry_conflicts!(self.commit_once(&batch, &columns))? else {
             return Err(maestro_core::Error::store(LEASE_LOST));
         };
-        committed(batch.events, first)
+        batch.drop_executions(&batch.losers(&claims));
+        Ok(Committed {
+            events: committed(batch.events, first)?,
+            claims,
+        })
     }
 
     async fn get_execution(&self, id: &str) -> Result<Option<WorkflowExecution>> {
@@ -728,7 +838,7 @@ impl ExecutionStore for PostgresStore {
         key: &str,
     ) -> Result<Option<IdempotencyRecord>> {
         let row = sqlx::query(
-            "SELECT request_hash, execution_id, created_at FROM idempotency_keys \
+            "SELECT request_hash, execution_id, created_at, expires_at FROM idempotency_keys \
              WHERE workflow_id = $1 AND key = $2",
         )
         .bind(workflow_id)
@@ -746,6 +856,7 @@ impl ExecutionStore for PostgresStore {
             request_hash: get(&row, "request_hash", W)?,
             execution_id: get(&row, "execution_id", W)?,
             created_at: uint(get(&row, "created_at", W)?, W)?,
+            expires_at: uint(get(&row, "expires_at", W)?, W)?,
         }))
     }
 
@@ -764,20 +875,25 @@ impl ExecutionStore for PostgresStore {
     async fn purge_executions(
         &self,
         before: maestro_core::model::Timestamp,
+        now: maestro_core::model::Timestamp,
         limit: usize,
     ) -> Result<u64> {
-        // Steps and attempts go with their execution (ON DELETE CASCADE).
+        // Steps and attempts go with their execution (ON DELETE CASCADE). An
+        // execution a live key claim points at stays until the claim expires.
         let gone: i64 = retry_conflicts!(
             sqlx::query_scalar(
-                "WITH gone AS (DELETE FROM executions WHERE id IN (SELECT id FROM executions \
+                "WITH gone AS (DELETE FROM executions WHERE id IN (SELECT id FROM executions e \
                  WHERE status IN ('completed', 'failed', 'rolled_back', 'cancelled') \
-                 AND completed_at < $1 ORDER BY completed_at LIMIT $2) RETURNING id), \
+                 AND completed_at < $1 AND NOT EXISTS (SELECT 1 FROM idempotency_keys k \
+                 WHERE k.execution_id = e.id AND k.expires_at > $3) \
+                 ORDER BY completed_at LIMIT $2) RETURNING id), \
                  keys AS (DELETE FROM idempotency_keys WHERE execution_id IN \
                  (SELECT id FROM gone) RETURNING 1) \
                  SELECT count(*) FROM gone"
             )
             .bind(int(before))
             .bind(int(limit as u64))
+            .bind(int(now))
             .fetch_one(&self.pool)
         )?;
         Ok(u64::try_from(gone).unwrap_or(0))

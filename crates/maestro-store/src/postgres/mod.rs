@@ -44,6 +44,7 @@ mod codec;
 mod events;
 mod executions;
 mod registry;
+#[cfg(feature = "test-util")]
 mod scratch;
 mod settings;
 mod tasks;
@@ -58,6 +59,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, Postgres};
 use crate::error::{Error, Result};
 use crate::sql::{db, db_unique};
 
+#[cfg(feature = "test-util")]
 pub use scratch::ScratchSchema;
 
 /// How many times a write transaction aborted by a deadlock or a serialization

@@ -413,16 +413,6 @@ impl LeaseStore for PostgresStore {
         Ok(done.rows_affected() > 0)
     }
 
-    async fn renew_leases(&self, node_id: &str, now: Timestamp, ttl_ms: u64) -> Result<u64> {
-        let done = retry_conflicts!(
-            sqlx::query("UPDATE leases SET expires_at = $2 WHERE node_id = $1")
-                .bind(node_id)
-                .bind(int(now.saturating_add(ttl_ms)))
-                .execute(&self.pool)
-        )?;
-        Ok(done.rows_affected())
-    }
-
     async fn release_lease(&self, execution_id: &str, node_id: &str) -> Result<bool> {
         let done = sqlx::query("DELETE FROM leases WHERE execution_id = $1 AND node_id = $2")
             .bind(execution_id)
@@ -431,18 +421,5 @@ impl LeaseStore for PostgresStore {
             .await
             .map_err(db)?;
         Ok(done.rows_affected() > 0)
-    }
-
-    async fn expired_leases(&self, now: Timestamp, limit: usize) -> Result<Vec<String>> {
-        let ids: Vec<String> = sqlx::query_scalar(
-            "SELECT execution_id FROM leases WHERE expires_at < $1 \
-             ORDER BY expires_at, execution_id LIMIT $2",
-        )
-        .bind(int(now))
-        .bind(int(limit as u64))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db)?;
-        Ok(ids)
     }
 }

@@ -7,12 +7,12 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use maestro_core::Result;
 use maestro_core::model::{
-    Attempt, ChoreographyEvent, ExecutionContext, ExecutionStatus, StepExecution, StepMap,
-    StepStatus, WorkflowExecution,
+    Attempt, ExecutionContext, ExecutionStatus, StepExecution, StepMap, StepStatus,
+    WorkflowExecution,
 };
 use maestro_core::ports::{
-    AttemptRow, Batch, ExecutionHeader, ExecutionQuery, ExecutionStats, ExecutionStore,
-    IdempotencyRecord, Page, StepRow,
+    AttemptRow, Batch, Claimed, Committed, ExecutionHeader, ExecutionQuery, ExecutionStats,
+    ExecutionStore, HeldClaim, IdempotencyRecord, KeyClaim, Page, StepRow,
 };
 use sqlx::sqlite::SqliteRow;
 use sqlx::{AssertSqlSafe, Row, SqliteConnection};
@@ -68,12 +68,62 @@ static UPSERT_ATTEMPTS: MultiInsert = MultiInsert::new(
      agent_id = excluded.agent_id, error = excluded.error, late_result = excluded.late_result",
 );
 
-/// First writer wins: a key is never re-pointed at another execution.
-static INSERT_IDEMPOTENCY_KEYS: MultiInsert = MultiInsert::new(
-    "INSERT INTO idempotency_keys (workflow_id, key, request_hash, execution_id, created_at)",
-    5,
-    "ON CONFLICT (workflow_id, key) DO NOTHING",
-);
+/// The stored claim of a key, and whether its execution is unfinished.
+const HELD_CLAIM: &str = "SELECT k.execution_id, k.request_hash, k.expires_at, \
+     EXISTS (SELECT 1 FROM executions x WHERE x.id = k.execution_id \
+     AND x.status IN ('pending', 'running', 'paused')) AS unfinished \
+     FROM idempotency_keys k WHERE k.workflow_id = ?1 AND k.key = ?2";
+
+/// A claim that won: a new row, or an expired one re-pointed.
+const PUT_CLAIM: &str = "INSERT INTO idempotency_keys \
+     (workflow_id, key, request_hash, execution_id, created_at, expires_at) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+     ON CONFLICT (workflow_id, key) DO UPDATE SET \
+     request_hash = excluded.request_hash, execution_id = excluded.execution_id, \
+     created_at = excluded.created_at, expires_at = excluded.expires_at";
+
+/// Decide the batch's key claims, in order (`KeyClaim::decide` against the
+/// stored claim; the writer's transaction serializes them against every other
+/// commit).
+async fn claim_keys(conn: &mut SqliteConnection, claims: &[KeyClaim]) -> Result<Vec<Claimed>> {
+    const W: &str = "idempotency key";
+    let mut out = Vec::with_capacity(claims.len());
+    for c in claims {
+        let row = sqlx::query(HELD_CLAIM)
+            .bind(&c.workflow_id)
+            .bind(&c.key)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(db)?;
+        let held = match row {
+            None => None,
+            Some(r) => Some(HeldClaim {
+                execution_id: get(&r, "execution_id", W)?,
+                request_hash: get(&r, "request_hash", W)?,
+                expires_at: uint(get(&r, "expires_at", W)?, W)?,
+                unfinished: get::<i64>(&r, "unfinished", W)? != 0,
+            }),
+        };
+        let answer = c.decide(held.as_ref());
+        if answer == Claimed::Won
+            && let Some(record) = c.record()
+            && held.is_none_or(|h| h.execution_id != record.execution_id)
+        {
+            sqlx::query(PUT_CLAIM)
+                .bind(record.workflow_id)
+                .bind(record.key)
+                .bind(record.request_hash)
+                .bind(record.execution_id)
+                .bind(int(record.created_at))
+                .bind(int(record.expires_at))
+                .execute(&mut *conn)
+                .await
+                .map_err(db)?;
+        }
+        out.push(answer);
+    }
+    Ok(out)
+}
 
 fn bind_execution(q: Query, h: &Arc<ExecutionHeader>) -> Result<Query> {
     // Exhaustive: a field added to the model fails to compile here until it has
@@ -178,17 +228,12 @@ fn bind_attempt(q: Query, r: &AttemptRow) -> Result<Query> {
         .bind(write::opt_json(late_result.as_ref())?))
 }
 
-fn bind_idempotency_key(q: Query, k: &IdempotencyRecord) -> Result<Query> {
-    Ok(q.bind(k.workflow_id.clone())
-        .bind(k.key.clone())
-        .bind(k.request_hash.clone())
-        .bind(k.execution_id.clone())
-        .bind(int(k.created_at)))
-}
-
-/// Header rows, then step rows, then attempt rows (the order the foreign keys
-/// need), idempotency keys, and last the events with their seqs.
-async fn write_batch(conn: &mut SqliteConnection, batch: Batch) -> Result<Vec<ChoreographyEvent>> {
+/// The key claims first; then, without the new executions whose claim was
+/// lost, header rows, step rows, attempt rows (the order the foreign keys
+/// need), and last the events with their seqs.
+async fn write_batch(conn: &mut SqliteConnection, mut batch: Batch) -> Result<Committed> {
+    let claims = claim_keys(conn, &batch.claims).await?;
+    batch.drop_executions(&batch.losers(&claims));
     UPSERT_EXECUTIONS
         .run(conn, &batch.executions, bind_execution)
         .await?;
@@ -196,10 +241,8 @@ async fn write_batch(conn: &mut SqliteConnection, batch: Batch) -> Result<Vec<Ch
     UPSERT_ATTEMPTS
         .run(conn, &batch.attempts, bind_attempt)
         .await?;
-    INSERT_IDEMPOTENCY_KEYS
-        .run(conn, &batch.idempotency_keys, bind_idempotency_key)
-        .await?;
-    insert_events(conn, batch.events).await
+    let events = insert_events(conn, batch.events).await?;
+    Ok(Committed { events, claims })
 }
 
 // --- reading executions back --------------------------------------------------
@@ -411,10 +454,10 @@ fn execution_filter(q: &ExecutionQuery) -> Where {
 
 #[async_trait]
 impl ExecutionStore for SqliteStore {
-    async fn commit(&self, batch: Batch) -> Result<Vec<ChoreographyEvent>> {
+    async fn commit(&self, batch: Batch) -> Result<Committed> {
         crate::refuse_fence(&batch)?;
         if batch.is_empty() {
-            return Ok(Vec::new());
+            return Ok(Committed::default());
         }
         // IMMEDIATE: take the write lock up front, so another process holding it
         // makes us wait (busy_timeout) instead of failing mid-transaction.
@@ -539,7 +582,7 @@ impl ExecutionStore for SqliteStore {
         key: &str,
     ) -> Result<Option<IdempotencyRecord>> {
         let row = sqlx::query(
-            "SELECT request_hash, execution_id, created_at FROM idempotency_keys \
+            "SELECT request_hash, execution_id, created_at, expires_at FROM idempotency_keys \
              WHERE workflow_id = ?1 AND key = ?2",
         )
         .bind(workflow_id)
@@ -557,6 +600,7 @@ impl ExecutionStore for SqliteStore {
             request_hash: get(&row, "request_hash", W)?,
             execution_id: get(&row, "execution_id", W)?,
             created_at: uint(get(&row, "created_at", W)?, W)?,
+            expires_at: uint(get(&row, "expires_at", W)?, W)?,
         }))
     }
 
@@ -575,6 +619,7 @@ impl ExecutionStore for SqliteStore {
     async fn purge_executions(
         &self,
         before: maestro_core::model::Timestamp,
+        now: maestro_core::model::Timestamp,
         limit: usize,
     ) -> Result<u64> {
         let mut tx = self
@@ -582,14 +627,18 @@ impl ExecutionStore for SqliteStore {
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(db)?;
-        // Steps and attempts go with their execution (ON DELETE CASCADE).
+        // Steps and attempts go with their execution (ON DELETE CASCADE). An
+        // execution a live key claim points at stays until the claim expires.
         let gone: Vec<String> = sqlx::query_scalar(
-            "DELETE FROM executions WHERE id IN (SELECT id FROM executions \
+            "DELETE FROM executions WHERE id IN (SELECT id FROM executions e \
              WHERE status IN ('completed', 'failed', 'rolled_back', 'cancelled') \
-             AND completed_at < ?1 ORDER BY completed_at LIMIT ?2) RETURNING id",
+             AND completed_at < ?1 AND NOT EXISTS (SELECT 1 FROM idempotency_keys k \
+             WHERE k.execution_id = e.id AND k.expires_at > ?3) \
+             ORDER BY completed_at LIMIT ?2) RETURNING id",
         )
         .bind(int(before))
         .bind(int(limit as u64))
+        .bind(int(now))
         .fetch_all(&mut *tx)
         .await
         .map_err(db)?;

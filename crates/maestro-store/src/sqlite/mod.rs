@@ -56,6 +56,14 @@ impl SqliteStore {
         Self::open_with(SqliteConnectOptions::new().filename(path)).await
     }
 
+    /// The database file a `sqlite:` URL names, as [`open_url`](Self::open_url)
+    /// would open it; `None` when the URL does not parse. SQLite keeps `-wal`
+    /// and `-shm` files next to it.
+    pub fn file_of_url(url: &str) -> Option<std::path::PathBuf> {
+        let options = SqliteConnectOptions::from_str(url).ok()?;
+        Some(options.get_filename().to_owned())
+    }
+
     /// Open a `sqlite://<path>` URL (`?mode=...` and other SQLite URI parameters
     /// are honoured). In-memory databases are refused: the read pool could not
     /// see the writer's data; use [`MemoryStore`](crate::MemoryStore) instead.

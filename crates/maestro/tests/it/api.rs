@@ -677,3 +677,84 @@ async fn push_failures_are_classified_end_to_end() {
     );
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_show_the_transport_in_effect() {
+    let s = Server::start().await;
+    let (st, v) = s
+        .post(
+            "/maestro/agents",
+            json!({"id": "poller", "type": "worker", "capabilities": [{"id": "work"}]}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    assert_eq!(v["agent"]["transport"], "poll", "{v}");
+    let echo = Agent::echo().await;
+    s.register_http_agent("pushed", &echo.endpoint(), &["say"])
+        .await;
+    for (id, transport) in [("poller", "poll"), ("pushed", "http")] {
+        let (_, v) = s.get(&format!("/maestro/agents/{id}")).await;
+        assert_eq!(v["agent"]["transport"], transport, "{v}");
+    }
+    let (_, v) = s.get("/maestro/agents").await;
+    assert!(
+        v["agents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|a| a["transport"].is_string()),
+        "{v}"
+    );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agents_explicit_retryable_decides_and_non_retryable_codes_win() {
+    let s = Server::start().await;
+    let agent = Agent::start(|b| match b["capability"].as_str() {
+        Some("final") => (
+            500,
+            json!({"error": {"code": "BROKEN", "message": "for good", "retryable": false}}),
+        ),
+        Some("again") => (
+            409,
+            json!({"error": {"code": "LOCKED", "message": "later", "retryable": true}}),
+        ),
+        _ => (503, json!({"error": {"code": "BUSY", "message": "later"}})),
+    })
+    .await;
+    s.register_http_agent("a", &agent.endpoint(), &["final", "again", "busy"])
+        .await;
+    let policy = json!({"maxAttempts": 3, "delayMs": 10});
+    for (cap, policy, calls) in [
+        ("final", policy.clone(), 1),
+        ("again", policy.clone(), 3),
+        ("busy", policy.clone(), 3),
+        (
+            "again",
+            json!({"maxAttempts": 3, "delayMs": 10, "nonRetryableCodes": ["LOCKED"]}),
+            1,
+        ),
+    ] {
+        let id = format!("w-{cap}-{calls}");
+        let (st, v) = s
+            .post(
+                "/maestro/workflows",
+                json!({"id": id, "name": id,
+                       "steps": [{"id": "s", "capability": cap, "retryPolicy": policy}]}),
+            )
+            .await;
+        assert_eq!(st, StatusCode::CREATED, "{v}");
+        let before = agent.calls.load(std::sync::atomic::Ordering::SeqCst);
+        let (_, v) = s
+            .post(
+                &format!("/maestro/workflows/{id}/execute?wait=10000"),
+                json!({}),
+            )
+            .await;
+        assert_eq!(v["execution"]["status"], "failed", "{v}");
+        let made = agent.calls.load(std::sync::atomic::Ordering::SeqCst) - before;
+        assert_eq!(made, calls, "{cap}: {v}");
+    }
+    s.stop().await;
+}

@@ -12,7 +12,7 @@ use reqwest::header::AUTHORIZATION;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::support::{Agent, Server, now_ms};
+use crate::support::{Agent, Server, now_ms, raw_http};
 
 /// Who calls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -707,44 +707,108 @@ async fn token_secrets_are_shown_once_and_revocation_is_immediate() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn failed_authentications_are_rate_limited_per_address() {
+async fn failed_authentications_are_rate_limited_but_valid_tokens_never_are() {
     let s = Server::start_with(|c| c.server.auth_failures_per_minute = 5).await;
-    let (st, _) = s.get("/maestro/agents").await;
-    assert_eq!(st, StatusCode::OK, "a valid token is fine");
-    for i in 0..5 {
-        let (st, v) = s
-            .call(
-                Method::GET,
-                "/maestro/agents",
-                Some(&format!("mst_{i}_guess")),
-                None,
-            )
-            .await;
-        assert_eq!(st, StatusCode::UNAUTHORIZED, "{v}");
+    let tokens = principals(&s).await;
+    // 200 bad tokens from 127.0.0.1: well-formed guesses (known shape, unknown
+    // id), garbage, and a wrong secret for a real id.
+    let real_id = tokens[1].1.split('_').nth(1).unwrap().to_owned();
+    for i in 0..200 {
+        let bad = match i % 3 {
+            0 => format!("mst_{i:012x}_{}", "0".repeat(64)),
+            1 => format!("garbage-{i}"),
+            _ => format!("mst_{real_id}_{}", "f".repeat(64)),
+        };
+        let r = s
+            .client
+            .get(s.url("/maestro/agents"))
+            .bearer_auth(&bad)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        if i < 5 {
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "attempt {i}");
+            let v: Value = r.json().await.unwrap();
+            assert_eq!(v["code"], "UNAUTHORIZED", "{v}");
+        } else {
+            assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "attempt {i}");
+            let wait: u64 = r.headers()["retry-after"]
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert!((1..=60).contains(&wait), "Retry-After {wait}");
+            let v: Value = r.json().await.unwrap();
+            assert_eq!(v["code"], "RATE_LIMITED", "{v}");
+        }
     }
-    // The 6th failure within the minute is refused before the token is looked
-    // at, and so is everything else from this address for the rest of the minute.
-    let r = s
-        .client
-        .get(s.url("/maestro/agents"))
-        .bearer_auth("mst_5_guess")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
-    let wait: u64 = r.headers()["retry-after"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert!((1..=60).contains(&wait), "Retry-After {wait}");
-    let v: Value = r.json().await.unwrap();
-    assert_eq!(v["code"], "RATE_LIMITED", "{v}");
+    // Every role's valid token is served at once from the same address.
+    for (who, token) in &tokens {
+        let path = if *who == Who::OtherAgent {
+            format!("/maestro/agents/{OTHER}")
+        } else {
+            format!("/maestro/agents/{AGENT}")
+        };
+        let (st, v) = s.call(Method::GET, &path, Some(token), None).await;
+        assert!(
+            st == StatusCode::OK || st == StatusCode::NOT_FOUND,
+            "{who:?}: {st} {v}"
+        );
+        assert_ne!(v["code"], "RATE_LIMITED", "{who:?}: {v}");
+    }
     let (st, v) = s.get("/maestro/agents").await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    // A missing token is a failure too.
+    let (st, v) = s.call(Method::GET, "/maestro/agents", None, None).await;
     assert_eq!(st, StatusCode::TOO_MANY_REQUESTS, "{v}");
     // Probes need no token and are never limited.
     let (st, _) = s.call(Method::GET, "/healthz", None, None).await;
     assert_eq!(st, StatusCode::OK);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bearer_scheme_is_case_insensitive_and_credentials_are_unambiguous() {
+    let s = Server::start().await;
+    let reader = s.token("reader", None).await;
+    for scheme in ["Bearer", "bearer", "BEARER", "bEaReR"] {
+        let r = s
+            .client
+            .get(s.url("/maestro/agents"))
+            .header("Authorization", format!("{scheme} {}", s.admin))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "scheme {scheme}");
+    }
+    let r = s
+        .client
+        .get(s.url("/maestro/agents"))
+        .header("Authorization", format!("Basic {}", s.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    // Two Authorization headers, in either order: 400, whichever comes first.
+    for (first, second) in [(&reader, &s.admin), (&s.admin, &reader)] {
+        let answer = raw_http(
+            &s,
+            format!(
+                "POST /maestro/tokens HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {first}\r\n\
+                 Authorization: Bearer {second}\r\nContent-Type: application/json\r\n\
+                 Content-Length: 17\r\nConnection: close\r\n\r\n{{\"role\":\"reader\"}}"
+            )
+            .as_bytes(),
+        )
+        .await;
+        assert_eq!(answer.status, 400, "{:?}", answer.body);
+        assert_eq!(answer.body["code"], "VALIDATION_FAILED", "{:?}", answer.body);
+        assert_eq!(answer.body["details"]["field"], "Authorization");
+    }
+    let (st, v) = s.get("/maestro/tokens").await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(v["total"], 2, "no token was created: {v}");
     s.stop().await;
 }
 

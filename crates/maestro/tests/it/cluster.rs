@@ -639,3 +639,136 @@ async fn publish_event(s: &Server, i: u64) -> (StatusCode, Value) {
 async fn webhooks_are_delivered_by_the_leader_and_fail_over() {
     ScratchSchema::with_fresh(webhooks_from_the_leader).await;
 }
+
+/// Each key's requests at once, one through each node: `(status, execution id)`
+/// per node.
+async fn race_key(nodes: &[Node], key: &str, query: &str) -> Vec<(StatusCode, String, Value)> {
+    let send = |n: &Node| {
+        n.client
+            .post(format!("{}/maestro/workflows/chain/execute{query}", n.base))
+            .bearer_auth(ADMIN)
+            .header("Idempotency-Key", key.to_owned())
+            .json(&json!({"inputs": {"key": key}}))
+            .send()
+    };
+    let (a, b, c) = tokio::join!(send(&nodes[0]), send(&nodes[1]), send(&nodes[2]));
+    let mut out = Vec::new();
+    for r in [a, b, c] {
+        let r = r.expect("execute sent");
+        let st = r.status();
+        let v: Value = r.json().await.unwrap_or(Value::Null);
+        let id = v["execution"]["id"].as_str().unwrap_or_default().to_owned();
+        out.push((st, id, v));
+    }
+    out
+}
+
+/// The same `Idempotency-Key` sent at the same moment through three nodes:
+/// exactly one execution per key and one set of agent calls; the other
+/// requests are answered 200 with that execution (with `?wait=`, after
+/// waiting for it, wherever it runs).
+async fn one_execution_per_key_across_nodes(url: String) {
+    let (agent, calls) = recording_agent(20).await;
+    let nodes: Vec<Node> = (0..3).map(|_| Node::spawn(&url, 1500)).collect();
+    let (st, v) = nodes[0]
+        .post(
+            "/maestro/agents",
+            json!({"id": "worker", "type": "worker", "endpoint": agent.endpoint(),
+                   "capabilities": [{"id": "work"}]}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    let (st, v) = nodes[0].post("/maestro/workflows", chain(2)).await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    for n in &nodes[1..] {
+        wait_agent(n, "worker").await;
+        for _ in 0..200 {
+            if n.get("/maestro/workflows/chain").await.0 == StatusCode::OK {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    const KEYS: usize = 12;
+    let mut executions = HashSet::new();
+    // Without wait: one 202 (the winner), two 200 with the same execution.
+    for k in 0..KEYS {
+        let answers = race_key(&nodes, &format!("race-{k}"), "").await;
+        let ids: HashSet<&str> = answers.iter().map(|(_, id, _)| id.as_str()).collect();
+        assert_eq!(ids.len(), 1, "key race-{k}: one execution: {answers:?}");
+        let created = answers
+            .iter()
+            .filter(|(st, ..)| *st == StatusCode::ACCEPTED)
+            .count();
+        let replayed = answers
+            .iter()
+            .filter(|(st, ..)| *st == StatusCode::OK)
+            .count();
+        assert_eq!(
+            (created, replayed),
+            (1, 2),
+            "key race-{k}: one 202, two 200: {answers:?}"
+        );
+        executions.insert(answers[0].1.clone());
+    }
+    // With wait: every request answers the finished winner, 200.
+    for k in 0..KEYS {
+        let answers = race_key(&nodes, &format!("race-wait-{k}"), "?wait=20000").await;
+        let ids: HashSet<&str> = answers.iter().map(|(_, id, _)| id.as_str()).collect();
+        assert_eq!(
+            ids.len(),
+            1,
+            "key race-wait-{k}: one execution: {answers:?}"
+        );
+        for (st, _, v) in &answers {
+            assert_eq!(*st, StatusCode::OK, "{v}");
+            assert_eq!(v["execution"]["status"], "completed", "{v}");
+        }
+        executions.insert(answers[0].1.clone());
+    }
+    assert_eq!(executions.len(), 2 * KEYS);
+    for id in &executions {
+        let e = wait_terminal(&nodes[0], id, Duration::from_secs(30)).await;
+        assert_eq!(e["status"], "completed", "{e}");
+    }
+    let (st, v) = nodes[1]
+        .get("/maestro/executions?workflowId=chain&limit=1000")
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(
+        v["total"].as_u64(),
+        Some(2 * KEYS as u64),
+        "no losing execution was stored"
+    );
+    // One set of agent calls: each step of each execution called once.
+    let calls = calls.lock().unwrap().clone();
+    let mut by_task: BTreeMap<String, usize> = BTreeMap::new();
+    for (task, _) in &calls {
+        *by_task.entry(task.clone()).or_default() += 1;
+    }
+    assert_eq!(
+        calls.len(),
+        2 * 2 * KEYS,
+        "2 steps per execution: {by_task:?}"
+    );
+    assert!(by_task.values().all(|n| *n == 1), "{by_task:?}");
+    for task in by_task.keys() {
+        let exec = task.split(':').next().unwrap_or_default();
+        assert!(
+            executions.contains(exec),
+            "a call of an unknown execution {task}"
+        );
+    }
+    println!(
+        "cross-node idempotency race: {} keys x 3 nodes -> {} executions, {} agent calls",
+        2 * KEYS,
+        executions.len(),
+        calls.len()
+    );
+}
+
+#[tokio::test]
+async fn an_idempotency_key_raced_through_three_nodes_starts_one_execution() {
+    ScratchSchema::with_fresh(one_execution_per_key_across_nodes).await;
+}

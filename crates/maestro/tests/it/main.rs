@@ -3,12 +3,17 @@
 
 mod api;
 mod auth;
+mod cel_budget;
 mod cli;
+mod datadir;
+mod config_live;
 #[cfg(feature = "postgres")]
 mod cluster;
+mod connections;
 mod faults;
 mod health;
 mod hostile;
+mod idempotency;
 mod killloop;
 mod openapi;
 #[cfg(feature = "postgres")]
@@ -16,6 +21,9 @@ mod pg;
 mod poll;
 mod process;
 mod sdk;
+mod sensitive;
 mod sse;
 mod support;
+mod urls;
+mod validation;
 mod webhooks;

@@ -359,3 +359,37 @@ async fn routing_goes_around_an_offline_agent_and_fails_fast_without_the_capabil
     assert_eq!(st["attempts"].as_array().map(Vec::len), Some(1));
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_poll_is_shortened_to_max_wait_ms() {
+    let s = Server::start_with(|c| c.server.max_wait_ms = 200).await;
+    let token = poll_agent(&s, "w", &["work"]).await;
+    // 30 s asked for (the default is the same), at most 200 ms given: the
+    // empty answer comes long before the asked-for wait.
+    for body in [json!({"waitMs": 30_000}), json!({})] {
+        let answer = tokio::time::timeout(
+            Duration::from_secs(10),
+            s.call(
+                Method::POST,
+                "/maestro/agents/w/tasks/poll",
+                Some(&token),
+                Some(body),
+            ),
+        )
+        .await
+        .expect("answered before the asked-for wait");
+        assert_eq!(answer.0, StatusCode::OK, "{}", answer.1);
+        assert_eq!(answer.1["tasks"], json!([]), "{}", answer.1);
+    }
+    // Above the protocol's own limit is still refused.
+    let (st, v) = s
+        .call(
+            Method::POST,
+            "/maestro/agents/w/tasks/poll",
+            Some(&token),
+            Some(json!({"waitMs": 60_001})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+    s.stop().await;
+}

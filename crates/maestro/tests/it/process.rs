@@ -67,7 +67,7 @@ pub(crate) fn spawn(dir: &Path) -> Proc {
 
 impl Proc {
     /// Register push agent `id` at `endpoint` with the one capability `work`.
-    async fn register_worker(&self, id: &str, endpoint: &str) {
+    pub(crate) async fn register_worker(&self, id: &str, endpoint: &str) {
         let (st, v) = self
             .post(
                 "/maestro/agents",
@@ -80,7 +80,7 @@ impl Proc {
 
     /// A server in `dir` with a fresh admin token, `env` added, and its stderr
     /// written to `log`.
-    fn start_logging_to(dir: &Path, log: &Path, env: &[(&str, &str)]) -> Proc {
+    pub(crate) fn start_logging_to(dir: &Path, log: &Path, env: &[(&str, &str)]) -> Proc {
         let admin = format!("admin-{}", uuid_like());
         let mut cmd = serve_command(dir);
         cmd.env("MAESTRO_ADMIN_TOKEN", &admin)
@@ -417,7 +417,35 @@ async fn a_caught_panic_is_one_json_log_line() {
 }
 
 /// 32 hex characters, different each call.
-fn uuid_like() -> String {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_level_change_applies_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("stderr.log");
+    let mut p = Proc::start_logging_to(dir.path(), &log, &[]);
+    let r = p
+        .client
+        .patch(format!("{}/maestro/config", p.base))
+        .bearer_auth(&p.admin)
+        .json(&json!({"logLevel": "info"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    // Info lines appear from the change on (the server started at warn).
+    let mut seen = String::new();
+    for _ in 0..100 {
+        seen = std::fs::read_to_string(&log).unwrap_or_default();
+        if seen.contains("log level changed") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(seen.contains("log level changed"), "{seen}");
+    let _ = p.child.kill();
+    let _ = p.child.wait();
+}
+
+pub(crate) fn uuid_like() -> String {
     let t = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()

@@ -219,11 +219,23 @@ async fn a_refused_destination_is_counted_not_retried() {
     let s = Server::start_with(|c| c.server.outbound_allow_list = Some(vec!["10.0.0.0/8".into()]))
         .await;
     let (url, _got, calls) = receiver(0).await;
-    s.post(
-        "/maestro/subscriptions",
-        json!({"eventTypes": ["agent:event"], "url": url}),
-    )
-    .await;
+    // The literal address is refused at creation (urls.rs); a host name is
+    // resolved, and refused, at delivery.
+    let (st, v) = s
+        .post(
+            "/maestro/subscriptions",
+            json!({"eventTypes": ["agent:event"], "url": url}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+    let by_name = url.replace("127.0.0.1", "localhost");
+    let (st, v) = s
+        .post(
+            "/maestro/subscriptions",
+            json!({"eventTypes": ["agent:event"], "url": by_name}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
     s.post(
         "/maestro/events",
         json!({"type": "agent:event", "payload": {}}),
