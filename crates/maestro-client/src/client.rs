@@ -395,6 +395,11 @@ enum Body<'a> {
     Text(&'a str, &'static str),
 }
 
+/// How long an idle pooled connection is kept: below the server's
+/// `keepAliveIdleTimeoutMs` (60 s by default), so that a request never goes out
+/// on a connection the server is closing for idleness at that moment.
+pub(crate) const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
 impl Client {
     /// A client of the server at `base_url` (e.g. `http://127.0.0.1:7300`,
     /// without the `/maestro` base path) sending `token` as the bearer token.
@@ -402,6 +407,7 @@ impl Client {
     pub fn new(base_url: impl Into<String>, token: impl Into<String>) -> Client {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .build()
             .unwrap_or_else(|_| reqwest::Client::new());
         Client::with_http_client(base_url, token, http)

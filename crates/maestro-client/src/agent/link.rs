@@ -156,6 +156,9 @@ impl Link {
         }
         let http = reqwest::Client::builder()
             .tcp_nodelay(true)
+            // Below the server's keep-alive idle timeout (60 s by default), so
+            // that a pooled connection is not reused as the server closes it.
+            .pool_idle_timeout(crate::client::POOL_IDLE_TIMEOUT)
             .build()
             .map_err(|e| SdkError::Config(format!("HTTP client: {e}")))?;
         Ok(Link {
