@@ -555,7 +555,7 @@ where
                     codes::INVALID_OUTPUT,
                     format!(
                         "the {capability} handler's output is not a JSON object: {}",
-                        kind(&other)
+                        maestro_core::model::json_kind(&other)
                     ),
                 )),
                 Err(e) => Err(AgentError::fatal(
@@ -567,16 +567,6 @@ where
     })
 }
 
-fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
 
 #[cfg(test)]
 mod tests {

@@ -33,6 +33,19 @@ pub const MAX_ID_LEN: usize = 128;
 /// Longest step id.
 pub const MAX_STEP_ID_LEN: usize = 64;
 
+/// The kind of a JSON value with its article (`a string`, `null`), for messages.
+pub fn json_kind(v: &serde_json::Value) -> &'static str {
+    use serde_json::Value;
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
 /// Agent and workflow ids: 1–128 of `[A-Za-z0-9._:-]`.
 pub fn validate_id(kind: &str, id: &str) -> Result<(), Error> {
     let ok = !id.is_empty()

@@ -336,7 +336,7 @@ fn read_condition(v: Value) -> ExecutionCondition {
                 "",
                 format!(
                     "a condition must be an object with a `type`, got {}",
-                    json_kind(&other)
+                    super::json_kind(&other)
                 ),
             );
         }
@@ -465,16 +465,6 @@ fn read_condition(v: Value) -> ExecutionCondition {
     }
 }
 
-fn json_kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
 
 /// The schema of the wire forms that validation accepts (`serde` itself maps any
 /// other `type` to [`ExecutionCondition::Unsupported`], which validation refuses).
