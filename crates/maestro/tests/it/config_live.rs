@@ -259,3 +259,49 @@ async fn workflow_timeout_and_rollback_apply_to_later_executions() {
     assert_eq!(e["error"]["code"], "WORKFLOW_TIMEOUT", "{e}");
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compensation_on_cancel_applies_to_cancels_handled_later() {
+    let s = Server::start().await;
+    let fast = Agent::echo().await;
+    s.register_http_agent("fast", &fast.endpoint(), &["say", "say_rollback"])
+        .await;
+    let slow = Agent::echo().await;
+    slow.delay_ms.store(3_000, Ordering::SeqCst);
+    s.register_http_agent("slow", &slow.endpoint(), &["hang"])
+        .await;
+    define(
+        &s,
+        "w",
+        json!([{"id": "a", "capability": "say"},
+               {"id": "b", "capability": "hang", "dependencies": ["a"]}]),
+        json!({}),
+    )
+    .await;
+    let compensations = || {
+        fast.bodies
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(b, _)| b["capability"] == "say_rollback")
+            .count()
+    };
+    for (enabled, expected) in [(false, 0), (true, 1)] {
+        patch_config(&s, json!({"enableCompensation": enabled})).await;
+        let id = start(&s, "w").await;
+        eventually(
+            &s,
+            &format!("/maestro/executions/{id}"),
+            Duration::from_secs(3),
+            |v| v["execution"]["stepExecutions"]["b"]["status"] == "running",
+        )
+        .await;
+        let (st, v) = s
+            .post(&format!("/maestro/executions/{id}/cancel"), json!({}))
+            .await;
+        assert_eq!(st, StatusCode::OK, "{v}");
+        let e = s.wait_terminal(&id).await;
+        assert_eq!(compensations(), expected, "compensation {enabled}: {e}");
+    }
+    s.stop().await;
+}
