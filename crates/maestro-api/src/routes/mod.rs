@@ -327,7 +327,10 @@ async fn guard(State(g): State<Guard>, req: Request, next: Next) -> Response {
     };
     let mut req = Request::from_parts(parts, body);
     let now = maestro_engine::clock::now_ms();
-    let mut headers = req.headers().get_all(axum::http::header::AUTHORIZATION).iter();
+    let mut headers = req
+        .headers()
+        .get_all(axum::http::header::AUTHORIZATION)
+        .iter();
     let header = headers.next().map(|v| v.to_str().unwrap_or(""));
     if headers.next().is_some() {
         // Which of two credentials wins is up to each proxy and server on the

@@ -567,7 +567,6 @@ where
     })
 }
 
-
 #[cfg(test)]
 mod tests {
     use serde::Deserialize;

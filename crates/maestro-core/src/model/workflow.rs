@@ -465,7 +465,6 @@ fn read_condition(v: Value) -> ExecutionCondition {
     }
 }
 
-
 /// The schema of the wire forms that validation accepts (`serde` itself maps any
 /// other `type` to [`ExecutionCondition::Unsupported`], which validation refuses).
 #[cfg(feature = "schema")]

@@ -803,7 +803,11 @@ async fn the_bearer_scheme_is_case_insensitive_and_credentials_are_unambiguous()
         )
         .await;
         assert_eq!(answer.status, 400, "{:?}", answer.body);
-        assert_eq!(answer.body["code"], "VALIDATION_FAILED", "{:?}", answer.body);
+        assert_eq!(
+            answer.body["code"], "VALIDATION_FAILED",
+            "{:?}",
+            answer.body
+        );
         assert_eq!(answer.body["details"]["field"], "Authorization");
     }
     let (st, v) = s.get("/maestro/tokens").await;

@@ -76,12 +76,9 @@ async fn a_shorter_health_interval_restarts_the_checker_at_once() {
     register_poller(&s, "poller").await;
     patch_config(&s, json!({"healthCheckIntervalMs": 100})).await;
     // Silent for 3 × 100 ms, checked every 100 ms from the change on.
-    eventually(
-        &s,
-        "/maestro/agents/poller",
-        Duration::from_secs(3),
-        |v| v["agent"]["status"] == "offline",
-    )
+    eventually(&s, "/maestro/agents/poller", Duration::from_secs(3), |v| {
+        v["agent"]["status"] == "offline"
+    })
     .await;
     let (_, v) = s
         .get("/maestro/events?eventTypes=agent:health&limit=10")
@@ -102,7 +99,10 @@ async fn releasing_a_hold_checks_the_agent_at_once() {
     let s = Server::start_with(|c| c.runtime.health_check_interval_ms = 100).await;
     register_poller(&s, "poller").await;
     let (st, v) = s
-        .patch("/maestro/agents/poller/status", json!({"status": "degraded"}))
+        .patch(
+            "/maestro/agents/poller/status",
+            json!({"status": "degraded"}),
+        )
         .await;
     assert_eq!(st, StatusCode::OK, "{v}");
     assert_eq!(v["agent"]["statusHold"], true, "{v}");
@@ -141,7 +141,13 @@ async fn a_raised_concurrency_limit_starts_queued_executions_at_once() {
     slow.delay_ms.store(3_000, Ordering::SeqCst);
     s.register_http_agent("slow", &slow.endpoint(), &["say"])
         .await;
-    define(&s, "w", json!([{"id": "a", "capability": "say"}]), json!({})).await;
+    define(
+        &s,
+        "w",
+        json!([{"id": "a", "capability": "say"}]),
+        json!({}),
+    )
+    .await;
     let first = start(&s, "w").await;
     let second = start(&s, "w").await;
     eventually(
@@ -186,8 +192,20 @@ async fn timeouts_and_retry_policy_apply_to_later_work() {
     .await;
     s.register_http_agent("a", &agent.endpoint(), &["say", "boom"])
         .await;
-    define(&s, "say", json!([{"id": "a", "capability": "say"}]), json!({})).await;
-    define(&s, "boom", json!([{"id": "a", "capability": "boom"}]), json!({})).await;
+    define(
+        &s,
+        "say",
+        json!([{"id": "a", "capability": "say"}]),
+        json!({}),
+    )
+    .await;
+    define(
+        &s,
+        "boom",
+        json!([{"id": "a", "capability": "boom"}]),
+        json!({}),
+    )
+    .await;
 
     // agentTimeoutMs: later attempts get the new timeout.
     agent.delay_ms.store(600, Ordering::SeqCst);
@@ -198,7 +216,10 @@ async fn timeouts_and_retry_policy_apply_to_later_work() {
     .await;
     let e = run(&s, "say").await;
     assert_eq!(e["status"], "failed", "{e}");
-    assert_eq!(e["stepExecutions"]["a"]["error"]["code"], "STEP_TIMEOUT", "{e}");
+    assert_eq!(
+        e["stepExecutions"]["a"]["error"]["code"], "STEP_TIMEOUT",
+        "{e}"
+    );
     patch_config(&s, json!({"agentTimeoutMs": 5000})).await;
     let e = run(&s, "say").await;
     assert_eq!(e["status"], "completed", "{e}");
@@ -208,7 +229,11 @@ async fn timeouts_and_retry_policy_apply_to_later_work() {
     let before = agent.calls.load(Ordering::SeqCst);
     let e = run(&s, "boom").await;
     assert_eq!(e["status"], "failed", "{e}");
-    assert_eq!(agent.calls.load(Ordering::SeqCst) - before, 1, "one attempt");
+    assert_eq!(
+        agent.calls.load(Ordering::SeqCst) - before,
+        1,
+        "one attempt"
+    );
     patch_config(
         &s,
         json!({"defaultRetryPolicy": {"maxAttempts": 3, "delayMs": 10}}),
@@ -217,7 +242,11 @@ async fn timeouts_and_retry_policy_apply_to_later_work() {
     let before = agent.calls.load(Ordering::SeqCst);
     let e = run(&s, "boom").await;
     assert_eq!(e["status"], "failed", "{e}");
-    assert_eq!(agent.calls.load(Ordering::SeqCst) - before, 3, "three attempts");
+    assert_eq!(
+        agent.calls.load(Ordering::SeqCst) - before,
+        3,
+        "three attempts"
+    );
     s.stop().await;
 }
 
@@ -242,7 +271,13 @@ async fn workflow_timeout_and_rollback_apply_to_later_executions() {
         json!({"onError": "rollback"}),
     )
     .await;
-    define(&s, "say", json!([{"id": "a", "capability": "say"}]), json!({})).await;
+    define(
+        &s,
+        "say",
+        json!([{"id": "a", "capability": "say"}]),
+        json!({}),
+    )
+    .await;
 
     // enableRollback: a failure handled after the change follows it.
     let e = run(&s, "saga").await;

@@ -5,11 +5,11 @@ mod api;
 mod auth;
 mod cel_budget;
 mod cli;
-mod datadir;
-mod config_live;
 #[cfg(feature = "postgres")]
 mod cluster;
+mod config_live;
 mod connections;
+mod datadir;
 mod faults;
 mod health;
 mod hostile;
