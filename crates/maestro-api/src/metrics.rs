@@ -106,35 +106,25 @@ pub async fn track(req: Request, next: Next) -> Response {
 
 /// `GET /metrics`: refresh the state gauges, then render.
 pub async fn render(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let m = &state.maestro;
-    let stats = m.store().execution_stats().await?;
+    let stats = state.maestro.runtime_stats().await?;
     for status in ExecutionStatus::ALL {
         let n: u64 = stats
-            .by_status
+            .executions_by_status
             .iter()
             .filter(|(s, _)| *s == status)
             .map(|(_, n)| *n)
             .sum();
         metrics::gauge!("maestro_executions", "status" => status.as_str()).set(n as f64);
     }
-    let ex = m.executor().stats();
-    use std::sync::atomic::Ordering::Relaxed;
-    metrics::gauge!("maestro_queue_depth").set(ex.queued.load(Relaxed) as f64);
-    metrics::gauge!("maestro_executions_active").set(ex.active.load(Relaxed) as f64);
-    metrics::gauge!("maestro_executor_timers").set(ex.timers.load(Relaxed) as f64);
-    metrics::counter!("maestro_executor_commits_total").absolute(ex.commits.load(Relaxed));
-    metrics::counter!("maestro_late_results_total")
-        .absolute(ex.late_results.load(Relaxed) + m.tasks().late_answers());
-    metrics::counter!("maestro_eventbus_published_total").absolute(m.bus().published_total());
-    metrics::counter!("maestro_eventbus_dropped_total").absolute(m.bus().dropped_total());
-    metrics::gauge!("maestro_eventbus_subscribers").set(m.bus().subscription_count() as f64);
-    let agents = m.registry().read(|r| {
-        let mut by = [0u64; 3];
-        for a in r.agents() {
-            by[a.status as usize] += 1;
-        }
-        by
-    });
+    metrics::gauge!("maestro_queue_depth").set(stats.queued as f64);
+    metrics::gauge!("maestro_executions_active").set(stats.active as f64);
+    metrics::gauge!("maestro_executor_timers").set(stats.timers as f64);
+    metrics::counter!("maestro_executor_commits_total").absolute(stats.commits);
+    metrics::counter!("maestro_late_results_total").absolute(stats.late_results);
+    metrics::counter!("maestro_eventbus_published_total").absolute(stats.events_published);
+    metrics::counter!("maestro_eventbus_dropped_total").absolute(stats.events_dropped);
+    metrics::gauge!("maestro_eventbus_subscribers").set(stats.event_subscribers as f64);
+    let agents = stats.agents_by_status;
     for (i, s) in ["online", "offline", "degraded"].iter().enumerate() {
         metrics::gauge!("maestro_agents", "status" => *s).set(agents[i] as f64);
     }

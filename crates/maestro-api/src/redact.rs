@@ -3,7 +3,7 @@
 //! `maestro_engine::redact`).
 
 use maestro_core::model::WorkflowExecution;
-use maestro_engine::redact::{EventMasker, SensitiveIndex};
+use maestro_engine::redact::EventMasker;
 
 use crate::auth::Principal;
 use crate::state::AppState;
@@ -13,14 +13,10 @@ pub async fn execution(s: &AppState, p: &Principal, e: WorkflowExecution) -> Wor
     if p.is_admin() {
         return e;
     }
-    match SensitiveIndex::from_registry(s.maestro.registry()) {
-        Some(idx) => maestro_engine::redact::execution(&**s.maestro.store(), &idx, e).await,
-        None => e,
-    }
+    s.maestro.mask_execution(e).await
 }
 
 /// What masks events for `p` (a listing, a stream); `None` for admins.
 pub fn events(s: &AppState, p: &Principal) -> Option<EventMasker> {
-    (!p.is_admin())
-        .then(|| EventMasker::new(s.maestro.store().clone(), s.maestro.registry().clone()))
+    (!p.is_admin()).then(|| s.maestro.event_masker())
 }

@@ -91,9 +91,10 @@ impl std::fmt::Debug for AppState {
 
 impl AppState {
     pub fn new(maestro: Maestro, auth: Auth, opts: ApiOptions) -> Self {
-        if let Some(cluster) = maestro.cluster() {
-            // Tokens revoked through another node stop working here at once.
-            let mut signals = cluster.subscribe();
+        {
+            // Tokens revoked through another node of a cluster stop working
+            // here at once (a node alone receives no signals).
+            let mut signals = maestro.signals();
             let auth = auth.clone();
             tokio::spawn(async move {
                 use maestro_engine::cluster::Signal;

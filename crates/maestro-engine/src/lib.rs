@@ -61,6 +61,7 @@ pub mod catalog;
 pub mod clock;
 pub mod cluster;
 pub mod config;
+mod coordination;
 pub mod eventbus;
 pub mod executor;
 pub mod feed;
@@ -74,4 +75,4 @@ pub mod retention;
 pub mod tasks;
 pub mod webhooks;
 
-pub use maestro::{ExecuteOptions, Maestro, MaestroOptions};
+pub use maestro::{ExecuteOptions, Maestro, MaestroOptions, RuntimeStats};

@@ -142,7 +142,7 @@ async fn readyz(State(s): State<AppState>) -> Response {
     if !s.maestro.is_ready() {
         return ApiError::NotReady("engine not running".into()).into_response();
     }
-    match s.maestro.store().last_seq().await {
+    match s.maestro.ping_store().await {
         Ok(_) => axum::Json(json!({"status": "ready"})).into_response(),
         Err(e) => {
             tracing::warn!(error = %e, "readiness: store unreachable");
@@ -273,12 +273,8 @@ async fn create_token(
         .auth
         .create(role, b.agent_id, name, b.expires_at, now)
         .await?;
-    if let Some(c) = s.maestro.cluster() {
-        // The other nodes learn the new id (they answer unknown ids from memory).
-        c.send(maestro_engine::cluster::Signal::Token {
-            id: m.record.id.clone(),
-        });
-    }
+    // The other nodes learn the new id (they answer unknown ids from memory).
+    s.maestro.token_changed(&m.record.id);
     audit::record(
         &s,
         &who,
@@ -315,9 +311,7 @@ async fn revoke_token(
     PathId(id): PathId,
 ) -> ApiResult<Response> {
     let revoked = s.auth.revoke(&id, now_ms()).await?;
-    if let Some(c) = s.maestro.cluster() {
-        c.send(maestro_engine::cluster::Signal::Token { id: id.clone() });
-    }
+    s.maestro.token_changed(&id);
     if !revoked {
         return Err(maestro_core::Error::not_found("token", &id).into());
     }

@@ -18,7 +18,7 @@ use axum::response::{IntoResponse, Response};
 use futures_util::Stream;
 use maestro_core::model::{ChoreographyEvent, EventFilter, EventType, NewEvent};
 use maestro_engine::clock::now_ms;
-use maestro_engine::feed::{Feed, Overflow};
+use maestro_engine::feed::Overflow;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -141,7 +141,7 @@ async fn history(
     let (limit, _) = page_limit(&mut q)?;
     q.finish()?;
     let events = s.maestro.get_event_history(&f, limit).await?;
-    let total = s.maestro.store().count_events(&f).await?;
+    let total = s.maestro.count_events(&f).await?;
     Ok(listing(&s, &p, events, total).await)
 }
 
@@ -168,7 +168,6 @@ async fn by_correlation(
         .await?;
     let total = s
         .maestro
-        .store()
         .count_events(&EventFilter {
             correlation_id: Some(correlation.clone()),
             after,
@@ -281,9 +280,7 @@ async fn stream(
         return Err(ApiError::NotReady("the server is shutting down".into()));
     }
     let masker = redact::events(&s, &p);
-    let feed = Feed::new(
-        s.maestro.store().clone(),
-        s.maestro.bus(),
+    let feed = s.maestro.event_feed(
         f,
         resume,
         s.opts.sse_queue,

@@ -194,8 +194,7 @@ async fn poll(
     }
     let tasks = s
         .maestro
-        .tasks()
-        .poll(&agent_id, &body.capabilities, max, wait, &s.shutdown)
+        .poll_tasks(&agent_id, &body.capabilities, max, wait, &s.shutdown)
         .await?;
     let tasks: Vec<Value> = tasks.iter().map(wire).collect();
     Ok(axum::Json(json!({"success": true, "tasks": tasks})).into_response())
@@ -214,8 +213,7 @@ async fn complete(
 ) -> ApiResult<Response> {
     let t = s
         .maestro
-        .tasks()
-        .finish(&task_id, p.agent(), Ok(body.outputs))
+        .finish_task(&task_id, p.agent(), Ok(body.outputs))
         .await?;
     Ok(task_answer(&t))
 }
@@ -239,11 +237,7 @@ async fn fail(
         retryable: e.retryable,
         details: e.details,
     };
-    let t = s
-        .maestro
-        .tasks()
-        .finish(&task_id, p.agent(), Err(err))
-        .await?;
+    let t = s.maestro.finish_task(&task_id, p.agent(), Err(err)).await?;
     Ok(task_answer(&t))
 }
 
@@ -255,8 +249,7 @@ async fn heartbeat(
 ) -> ApiResult<Response> {
     let l = s
         .maestro
-        .tasks()
-        .heartbeat(&task_id, p.agent(), body.extend_ms)
+        .heartbeat_task(&task_id, p.agent(), body.extend_ms)
         .await?;
     Ok(axum::Json(
         json!({"success": true, "leaseExpiresAt": l.lease_expires_at,

@@ -19,29 +19,175 @@
 //!   completed steps are kept, the interrupted attempt is re-sent with the same
 //!   attempt number and idempotency key.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use maestro_core::Result;
 use maestro_core::machine::Input;
-use maestro_core::model::{ExecutionStatus, MaestroConfig, Timestamp};
+use maestro_core::model::{ChoreographyEvent, ExecutionStatus, MaestroConfig, Timestamp};
+use maestro_core::ports::{ClusterStore, LeaseFence, Store};
+use maestro_core::{Error, Result};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::{Adopted, ClusterState, Executor, Lease, Msg, Turn, timers::Timers};
+use super::ownership::{LeaseMsg, Ownership};
+use super::{Adopted, Executor, ExecutorCluster, Lease, Live, Msg, Turn, timers::Timers};
 use crate::catalog::Catalog;
 use crate::clock::now_ms;
-use maestro_core::ports::{ClusterStore, Store};
 
 /// Most executions claimed per round.
 const CLAIM_BATCH: usize = 256;
 /// Pause before asking again for a slot when the cluster had none free.
 const SLOT_RETRY_MS: u64 = 50;
 
+/// The executor's ownership on a node of a cluster: through lease rows.
+pub(crate) struct Leased {
+    opts: ExecutorCluster,
+    /// A slot activation is in flight.
+    activating: bool,
+    /// No slot was free at the last activation: try again then.
+    retry_at: Option<Timestamp>,
+    /// Wakes the orphan claimer at once (after a fence).
+    claim_now: Arc<tokio::sync::Notify>,
+    /// A fence happened while a commit was in flight: leases that commit creates are released.
+    release_after_commit: bool,
+    /// Stops the lease keeper when the executor has stopped (it renews during the drain).
+    keeper_stop: CancellationToken,
+}
+
+impl Leased {
+    pub(crate) fn new(opts: ExecutorCluster) -> Self {
+        Leased {
+            opts,
+            activating: false,
+            retry_at: None,
+            claim_now: Arc::new(tokio::sync::Notify::new()),
+            release_after_commit: false,
+            keeper_stop: CancellationToken::new(),
+        }
+    }
+}
+
+impl Ownership for Leased {
+    async fn start(ex: &mut Executor<Self>, cancel: &CancellationToken) -> Result<()> {
+        ex.cluster_start(cancel).await
+    }
+
+    fn wake_at(&self) -> Option<Timestamp> {
+        self.retry_at
+    }
+
+    fn commit_failed(ex: &mut Executor<Self>, e: &Error) -> bool {
+        // Lost a lease, or the database went away: drop every execution;
+        // the committed state is claimed again.
+        ex.fence_all(&format!("commit failed: {e}"));
+        true
+    }
+
+    fn fill_slots(
+        ex: &mut Executor<Self>,
+        turn: &mut Turn,
+        now: Timestamp,
+        config: &MaestroConfig,
+    ) {
+        ex.fill_cluster_slots(turn, now, config);
+    }
+
+    fn fence(&self, live: &HashMap<String, Live>, turn: &mut Turn) -> Option<LeaseFence> {
+        let leased = |id: &String| live.get(id).is_some_and(|l| l.lease != Lease::None);
+        // Finished in the turn that created it (cancelled while queued):
+        // no lease is created at all.
+        let finished: HashSet<&String> = turn.finished.iter().collect();
+        turn.new_leases.retain(|id| !finished.contains(id));
+        Some(LeaseFence {
+            node_id: self.opts.node_id.clone(),
+            expires_at: now_ms() + self.opts.lease_ttl_ms,
+            held: turn
+                .touched
+                .iter()
+                .filter(|id| leased(id))
+                .cloned()
+                .collect(),
+            release: turn
+                .finished
+                .iter()
+                .filter(|id| leased(id))
+                .cloned()
+                .collect(),
+            queued: turn.new_leases.clone(),
+        })
+    }
+
+    fn committed(
+        &mut self,
+        live: &mut HashMap<String, Live>,
+        events: &[ChoreographyEvent],
+        new: &[String],
+    ) {
+        // The tailer publishes the whole log in seq order.
+        if !events.is_empty() {
+            let _ = self.opts.events.send(events.to_vec());
+        }
+        if std::mem::take(&mut self.release_after_commit) {
+            // Fenced while this commit was in flight: the leases it
+            // created are not wanted here.
+            release_leases(self, new.to_vec());
+        } else {
+            for id in new {
+                if let Some(l) = live.get_mut(id) {
+                    l.lease = Lease::Queued;
+                }
+            }
+        }
+    }
+
+    fn lease_msg(
+        ex: &mut Executor<Self>,
+        m: LeaseMsg,
+        turn: &mut Turn,
+        now: Timestamp,
+        config: &MaestroConfig,
+    ) {
+        match m {
+            LeaseMsg::Activated(r) => ex.activated(r, turn, now, config),
+            LeaseMsg::Adopt(list) => ex.adopt(list, turn, now, config),
+            LeaseMsg::Snapshot(reply) => {
+                let held = ex
+                    .live
+                    .iter()
+                    .filter(|(_, l)| l.lease != Lease::None)
+                    .map(|(id, _)| id.clone())
+                    .collect();
+                let _ = reply.send(held);
+            }
+            LeaseMsg::Lost(ids) => {
+                for id in ids {
+                    if ex.live.get(&id).is_some_and(|l| l.lease != Lease::None) {
+                        tracing::warn!(execution = %id, "lease taken over by another node; dropping the execution here");
+                        ex.drop_live(&id);
+                    }
+                }
+            }
+            LeaseMsg::Fence(reason) => ex.fence_all(&reason),
+        }
+    }
+
+    async fn stopped(&self) {
+        self.keeper_stop.cancel();
+        if let Err(e) = self
+            .opts
+            .store
+            .release_node_leases(&self.opts.node_id)
+            .await
+        {
+            tracing::warn!(error = %e, "releasing this node's leases failed; they lapse instead");
+        }
+    }
+}
+
 /// Release leases this node does not want (best effort: a lease left behind
 /// lapses and is claimed anyway).
-pub(super) fn release_leases(c: &ClusterState, ids: Vec<String>) {
+fn release_leases(c: &Leased, ids: Vec<String>) {
     if ids.is_empty() {
         return;
     }
@@ -56,16 +202,12 @@ pub(super) fn release_leases(c: &ClusterState, ids: Vec<String>) {
     });
 }
 
-impl Executor {
-    fn cluster(&self) -> &ClusterState {
-        self.cluster.as_ref().expect("cluster mode")
-    }
-
+impl Executor<Leased> {
     /// Start in cluster mode: drop the leases of this node's previous life,
     /// claim what is unowned, start the lease keeper and the claimer.
     pub(super) async fn cluster_start(&mut self, cancel: &CancellationToken) -> Result<()> {
         let (store, node, ttl, claim_now) = {
-            let c = self.cluster();
+            let c = &self.own;
             (
                 c.opts.store.clone(),
                 c.opts.node_id.clone(),
@@ -100,7 +242,7 @@ impl Executor {
             node.clone(),
             ttl,
             tx.clone(),
-            self.cluster().keeper_stop.clone(),
+            self.own.keeper_stop.clone(),
         ));
         tokio::spawn(claimer(
             store,
@@ -164,7 +306,7 @@ impl Executor {
         for id in ready {
             self.apply(&id, Input::Start, turn, now, config);
         }
-        let c = self.cluster.as_mut().expect("cluster mode");
+        let c = &mut self.own;
         if c.activating || c.retry_at.is_some_and(|at| at > now) || self.active >= max {
             return;
         }
@@ -189,7 +331,7 @@ impl Executor {
             let r = store
                 .activate_leases(&node, &want, cluster_max, now_ms(), ttl)
                 .await;
-            let _ = tx.send(Msg::Activated(r));
+            let _ = tx.send(Msg::Lease(LeaseMsg::Activated(r)));
         });
         self.publish_stats();
     }
@@ -201,7 +343,7 @@ impl Executor {
         now: Timestamp,
         config: &MaestroConfig,
     ) {
-        let c = self.cluster.as_mut().expect("cluster mode");
+        let c = &mut self.own;
         c.activating = false;
         let ids = match r {
             Ok(ids) => ids,
@@ -263,7 +405,7 @@ impl Executor {
                 let _ = w.send(());
             }
         }
-        let c = self.cluster.as_mut().expect("cluster mode");
+        let c = &mut self.own;
         c.release_after_commit = true;
         c.retry_at = None;
         let store = c.opts.store.clone();
@@ -341,7 +483,7 @@ async fn lease_keeper(
             _ = tokio::time::sleep(every) => {}
         }
         let (reply, rx) = oneshot::channel();
-        if tx.send(Msg::LeaseSnapshot(reply)).is_err() {
+        if tx.send(Msg::Lease(LeaseMsg::Snapshot(reply))).is_err() {
             return;
         }
         let Ok(held) = rx.await else { return };
@@ -362,7 +504,7 @@ async fn lease_keeper(
                     .filter(|id| !ours.contains(*id))
                     .cloned()
                     .collect();
-                if !lost.is_empty() && tx.send(Msg::LeasesLost(lost)).is_err() {
+                if !lost.is_empty() && tx.send(Msg::Lease(LeaseMsg::Lost(lost))).is_err() {
                     return;
                 }
                 // Leases of this node that no execution here stands for (a
@@ -387,7 +529,9 @@ async fn lease_keeper(
                 if !fenced && now.saturating_sub(last_ok) > ttl * 2 / 3 {
                     fenced = true;
                     if tx
-                        .send(Msg::Fence(format!("lease renewal failing: {e}")))
+                        .send(Msg::Lease(LeaseMsg::Fence(format!(
+                            "lease renewal failing: {e}"
+                        ))))
                         .is_err()
                     {
                         return;
@@ -421,7 +565,7 @@ async fn claimer(
             match claim_round(&*cluster, &*store, &catalog, &node, ttl).await {
                 Ok(list) => {
                     let n = list.len();
-                    if n > 0 && tx.send(Msg::Adopt(list)).is_err() {
+                    if n > 0 && tx.send(Msg::Lease(LeaseMsg::Adopt(list))).is_err() {
                         return;
                     }
                     if n < CLAIM_BATCH {

@@ -23,6 +23,7 @@
 
 mod calls;
 mod cluster;
+mod ownership;
 mod timers;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -38,7 +39,7 @@ use maestro_core::model::{
 };
 use maestro_core::ports::{
     AttemptRow, Batch, Claimed, ClusterStore, Committed, ExecutionHeader, IDEMPOTENCY_TTL_MS,
-    InvokeError, Invoker, KeyClaim, LeaseFence, Outbound, StepRow, Store,
+    InvokeError, Invoker, KeyClaim, Outbound, StepRow, Store,
 };
 use maestro_core::{Error, Result};
 use serde_json::{Map, Value};
@@ -52,7 +53,8 @@ use crate::eventbus::EventBus;
 use crate::registry::Registry;
 
 pub use calls::CallEnv;
-use cluster::release_leases;
+pub(crate) use cluster::Leased;
+pub(crate) use ownership::{Alone, LeaseMsg, Ownership};
 use timers::Timers;
 
 /// What the executor needs.
@@ -71,9 +73,6 @@ pub struct ExecutorOptions {
     pub max_output_bytes: usize,
     /// How long shutdown waits for calls in flight.
     pub drain_timeout_ms: u64,
-    /// Cluster mode: executions are owned through leases (module docs of
-    /// [`crate::cluster`]); `None` runs alone on the store.
-    pub cluster: Option<ExecutorCluster>,
     /// The work one CEL condition may do (`Limits::cel`).
     pub cel_budget: CelBudget,
 }
@@ -157,16 +156,9 @@ pub(crate) enum Msg {
         id: String,
         reply: oneshot::Sender<()>,
     },
-    /// Cluster: the answer of a slot activation.
-    Activated(Result<Vec<String>>),
-    /// Cluster: executions claimed by this node (`true`: an active lease).
-    Adopt(Vec<Adopted>),
-    /// Cluster: the leased executions the lease checker should verify.
-    LeaseSnapshot(oneshot::Sender<Vec<String>>),
-    /// Cluster: leases found held by another node.
-    LeasesLost(Vec<String>),
-    /// Cluster: stop acting on every execution (lease renewal failing).
-    Fence(String),
+    /// From the services of the executor's [`Ownership`] (a cluster's
+    /// leases).
+    Lease(LeaseMsg),
     /// The verdict on a step's CEL condition.
     ConditionDone {
         exec_id: String,
@@ -199,11 +191,20 @@ pub struct ExecutorStats {
     pub failed: AtomicBool,
 }
 
+/// How the executor's start went; sent once by [`Executor::run`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Startup {
+    Starting,
+    Ready,
+    Failed,
+}
+
 /// Cheap handle to the running executor.
 #[derive(Clone)]
 pub struct ExecutorHandle {
     tx: mpsc::UnboundedSender<Msg>,
     stats: Arc<ExecutorStats>,
+    startup: tokio::sync::watch::Receiver<Startup>,
 }
 
 impl std::fmt::Debug for ExecutorHandle {
@@ -221,6 +222,18 @@ fn stopped() -> Error {
 impl ExecutorHandle {
     pub fn stats(&self) -> &ExecutorStats {
         &self.stats
+    }
+
+    /// Resolves once recovery is done (`Ok`) or failed, or the executor
+    /// stopped before it was done (`NotReady`).
+    pub async fn started(&self) -> Result<()> {
+        let mut rx = self.startup.clone();
+        match rx.wait_for(|s| *s != Startup::Starting).await {
+            Ok(s) if *s == Startup::Ready => Ok(()),
+            _ => Err(Error::NotReady(
+                "executor failed to start (see logs)".into(),
+            )),
+        }
     }
 
     async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Msg) -> Result<T> {
@@ -272,7 +285,7 @@ impl ExecutorHandle {
     }
 }
 
-struct Live {
+pub(crate) struct Live {
     state: ExecutionState,
     tags: Vec<String>,
     /// Cluster mode: the lease this node holds on it (committed).
@@ -289,24 +302,9 @@ enum Lease {
     Active,
 }
 
-/// The cluster side of the executor's state.
-struct ClusterState {
-    opts: ExecutorCluster,
-    /// A slot activation is in flight.
-    activating: bool,
-    /// No slot was free at the last activation: try again then.
-    retry_at: Option<Timestamp>,
-    /// Wakes the orphan claimer at once (after a fence).
-    claim_now: Arc<tokio::sync::Notify>,
-    /// A fence happened while a commit was in flight: leases that commit creates are released.
-    release_after_commit: bool,
-    /// Stops the lease keeper when the executor has stopped (it renews during the drain).
-    keeper_stop: CancellationToken,
-}
-
 /// Everything gathered in one turn of the loop, committed together.
 #[derive(Default)]
-struct Turn {
+pub(crate) struct Turn {
     touched: Vec<String>,
     touched_set: HashSet<String>,
     actions: Vec<(String, Action)>,
@@ -406,10 +404,13 @@ impl Env for LoopEnv<'_> {
 }
 
 /// The executor service: build with [`Executor::new`], then `run(cancel)`.
-pub struct Executor {
+/// `O` is how it owns executions: alone on the store, or through leases.
+pub(crate) struct Executor<O: Ownership> {
     opts: ExecutorOptions,
     rx: mpsc::UnboundedReceiver<Msg>,
     stats: Arc<ExecutorStats>,
+    /// Tells [`ExecutorHandle::started`] how the start went.
+    startup: tokio::sync::watch::Sender<Startup>,
     live: HashMap<String, Live>,
     queue: VecDeque<String>,
     active: usize,
@@ -420,7 +421,8 @@ pub struct Executor {
     /// Shutting down: answers are still committed, but no new call is sent (the
     /// committed attempt is re-sent, same key, at the next start).
     draining: bool,
-    cluster: Option<ClusterState>,
+    /// Alone, or the lease state of a cluster node.
+    own: O,
     /// CEL conditions evaluated at once, on blocking threads: one per core, so that
     /// slow conditions cannot take every thread (nor the loop's).
     cel_slots: Arc<tokio::sync::Semaphore>,
@@ -428,8 +430,8 @@ pub struct Executor {
 
 const MAX_INPUTS_PER_TURN: usize = 4096;
 
-impl Executor {
-    pub fn new(mut opts: ExecutorOptions) -> (Executor, ExecutorHandle) {
+impl<O: Ownership> Executor<O> {
+    pub(crate) fn new(opts: ExecutorOptions, own: O) -> (Executor<O>, ExecutorHandle) {
         let (tx, rx) = mpsc::unbounded_channel();
         let stats = Arc::new(ExecutorStats::default());
         let call_env = Arc::new(CallEnv {
@@ -440,21 +442,16 @@ impl Executor {
             max_output_bytes: opts.max_output_bytes,
             stats: stats.clone(),
         });
+        let (startup, startup_rx) = tokio::sync::watch::channel(Startup::Starting);
         let handle = ExecutorHandle {
             tx: tx.clone(),
             stats: stats.clone(),
+            startup: startup_rx,
         };
-        let cluster = opts.cluster.take().map(|c| ClusterState {
-            opts: c,
-            activating: false,
-            retry_at: None,
-            claim_now: Arc::new(tokio::sync::Notify::new()),
-            release_after_commit: false,
-            keeper_stop: CancellationToken::new(),
-        });
         let ex = Executor {
             opts,
-            cluster,
+            own,
+            startup,
             rx,
             stats,
             live: HashMap::new(),
@@ -475,17 +472,15 @@ impl Executor {
     /// Resume unfinished executions, then serve until `cancel`; then stop taking
     /// new work, wait up to the drain timeout for calls in flight, and return.
     pub async fn run(mut self, cancel: CancellationToken) {
-        let recovered = if self.cluster.is_some() {
-            self.cluster_start(&cancel).await
-        } else {
-            self.recover().await
-        };
+        let recovered = O::start(&mut self, &cancel).await;
         if let Err(e) = recovered {
             tracing::error!(error = %e, "executor recovery failed");
             self.stats.failed.store(true, Ordering::SeqCst);
+            self.startup.send_replace(Startup::Failed);
             return;
         }
         self.stats.ready.store(true, Ordering::SeqCst);
+        self.startup.send_replace(Startup::Ready);
         let mut draining_until: Option<tokio::time::Instant> = None;
         let mut buf = Vec::with_capacity(256);
         // Pipelining: while one batch is being committed, inputs keep being applied
@@ -498,8 +493,8 @@ impl Executor {
         let mut config_changes = self.opts.config.watch();
         let mut config_open = true;
         loop {
-            let retry_at = self.cluster.as_ref().and_then(|c| c.retry_at);
-            let next_timer = match (self.timers.next_at(), retry_at) {
+            let wake_at = self.own.wake_at();
+            let next_timer = match (self.timers.next_at(), wake_at) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             }
@@ -528,13 +523,9 @@ impl Executor {
             }
             if let Some(r) = committed {
                 let (_, pending) = inflight.take().expect("a commit was in flight");
-                if self.cluster.is_some() {
-                    if let Err(e) = self.complete(pending, r) {
-                        // Lost a lease, or the database went away: drop every
-                        // execution; the committed state is claimed again.
-                        self.fence_all(&format!("commit failed: {e}"));
-                    }
-                } else if let Err(e) = self.complete(pending, r) {
+                if let Err(e) = self.complete(pending, r)
+                    && !O::commit_failed(&mut self, &e)
+                {
                     tracing::error!(error = %e, "commit failed; the executor stops (state resumes from the store at restart)");
                     self.stats.failed.store(true, Ordering::SeqCst);
                     self.stats.ready.store(false, Ordering::SeqCst);
@@ -550,11 +541,7 @@ impl Executor {
                 self.apply(&exec_id, Input::Timer(key), &mut turn, now, &config);
             }
             if draining_until.is_none() {
-                if self.cluster.is_some() {
-                    self.fill_cluster_slots(&mut turn, now, &config);
-                } else {
-                    self.fill_slots(&mut turn, now, &config);
-                }
+                O::fill_slots(&mut self, &mut turn, now, &config);
             }
             if inflight.is_none() && !turn.is_empty() {
                 let (batch, pending) = self.prepare(std::mem::take(&mut turn));
@@ -575,13 +562,8 @@ impl Executor {
                 && (self.calls.only_durable_left() || tokio::time::Instant::now() >= until)
             {
                 tracing::info!(abandoned = self.calls.len(), "executor stopped");
-                if let Some(c) = &self.cluster {
-                    // Everything is committed: the other nodes may take over at once.
-                    c.keeper_stop.cancel();
-                    if let Err(e) = c.opts.store.release_node_leases(&c.opts.node_id).await {
-                        tracing::warn!(error = %e, "releasing this node's leases failed; they lapse instead");
-                    }
-                }
+                // Everything is committed: the other nodes may take over at once.
+                self.own.stopped().await;
                 return;
             }
         }
@@ -658,9 +640,8 @@ impl Executor {
                 );
                 self.queue.push_back(id.clone());
                 turn.touch(&id);
-                if self.cluster.is_some() {
-                    turn.new_leases.push(id.clone());
-                }
+                // Owned through a queued lease, where the ownership has leases.
+                turn.new_leases.push(id.clone());
                 turn.execute_replies.push(ExecuteAsk {
                     reply,
                     execution: Some(id),
@@ -745,26 +726,7 @@ impl Executor {
                     let _ = reply.send(());
                 }
             }
-            Msg::Activated(r) => self.activated(r, turn, now, config),
-            Msg::Adopt(list) => self.adopt(list, turn, now, config),
-            Msg::LeaseSnapshot(reply) => {
-                let held = self
-                    .live
-                    .iter()
-                    .filter(|(_, l)| l.lease != Lease::None)
-                    .map(|(id, _)| id.clone())
-                    .collect();
-                let _ = reply.send(held);
-            }
-            Msg::LeasesLost(ids) => {
-                for id in ids {
-                    if self.live.get(&id).is_some_and(|l| l.lease != Lease::None) {
-                        tracing::warn!(execution = %id, "lease taken over by another node; dropping the execution here");
-                        self.drop_live(&id);
-                    }
-                }
-            }
-            Msg::Fence(reason) => self.fence_all(&reason),
+            Msg::Lease(m) => O::lease_msg(self, m, turn, now, config),
             Msg::ConditionDone {
                 exec_id,
                 step_id,
@@ -818,8 +780,8 @@ impl Executor {
         }
     }
 
-    /// Start queued executions while slots are free (FIFO).
-    fn fill_slots(&mut self, turn: &mut Turn, now: Timestamp, config: &MaestroConfig) {
+    /// Start queued executions while slots are free on this node (FIFO).
+    fn fill_local_slots(&mut self, turn: &mut Turn, now: Timestamp, config: &MaestroConfig) {
         while self.active < config.max_concurrent_workflows as usize {
             let Some(id) = self.queue.front().cloned() else {
                 break;
@@ -865,30 +827,7 @@ impl Executor {
         batch.events.extend(std::mem::take(&mut turn.append_events));
         let live = &self.live;
         turn.new_leases.retain(|id| live.contains_key(id));
-        if let Some(c) = &self.cluster {
-            let leased = |id: &String| self.live.get(id).is_some_and(|l| l.lease != Lease::None);
-            // Finished in the turn that created it (cancelled while queued):
-            // no lease is created at all.
-            let finished: HashSet<&String> = turn.finished.iter().collect();
-            turn.new_leases.retain(|id| !finished.contains(id));
-            batch.fence = Some(LeaseFence {
-                node_id: c.opts.node_id.clone(),
-                expires_at: now_ms() + c.opts.lease_ttl_ms,
-                held: turn
-                    .touched
-                    .iter()
-                    .filter(|id| leased(id))
-                    .cloned()
-                    .collect(),
-                release: turn
-                    .finished
-                    .iter()
-                    .filter(|id| leased(id))
-                    .cloned()
-                    .collect(),
-                queued: turn.new_leases.clone(),
-            });
-        }
+        batch.fence = self.own.fence(&self.live, &mut turn);
         let snapshot = |live: &HashMap<String, Live>, id: &str| {
             live.get(id)
                 .map(|l| l.state.execution().clone())
@@ -1012,29 +951,8 @@ impl Executor {
             };
             execute_answers.push((x.reply, answer));
         }
-        match &mut self.cluster {
-            Some(c) => {
-                if !committed.is_empty() {
-                    let _ = c.opts.events.send(committed.clone());
-                }
-                if std::mem::take(&mut c.release_after_commit) {
-                    // Fenced while this commit was in flight: the leases it
-                    // created are not wanted here.
-                    release_leases(c, pending.new_leases.clone());
-                } else {
-                    for id in &pending.new_leases {
-                        if let Some(l) = self.live.get_mut(id) {
-                            l.lease = Lease::Queued;
-                        }
-                    }
-                }
-            }
-            None => {
-                for e in &committed {
-                    self.opts.bus.publish(e.clone());
-                }
-            }
-        }
+        self.own
+            .committed(&mut self.live, &committed, &pending.new_leases);
         let mut rest = committed.into_iter().skip(pending.n_exec_events);
         for (n, reply) in pending.appends {
             let evs: Vec<_> = rest.by_ref().take(n).collect();
@@ -1233,7 +1151,7 @@ impl Executor {
             queued = self.queue.len(),
             "resumed unfinished executions"
         );
-        self.fill_slots(&mut turn, now, &config);
+        self.fill_local_slots(&mut turn, now, &config);
         self.commit_now(turn).await
     }
 }

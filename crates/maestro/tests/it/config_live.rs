@@ -80,17 +80,20 @@ async fn a_shorter_health_interval_restarts_the_checker_at_once() {
         v["agent"]["status"] == "offline"
     })
     .await;
-    let (_, v) = s
-        .get("/maestro/events?eventTypes=agent:health&limit=10")
-        .await;
-    assert!(
-        v["events"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|e| e["payload"]["agentId"] == "poller" && e["payload"]["status"] == "offline"),
-        "{v}"
-    );
+    // The status is set before its event is committed: wait for the event too.
+    eventually(
+        &s,
+        "/maestro/events?eventTypes=agent:health&limit=10",
+        Duration::from_secs(3),
+        |v| {
+            v["events"].as_array().is_some_and(|events| {
+                events.iter().any(|e| {
+                    e["payload"]["agentId"] == "poller" && e["payload"]["status"] == "offline"
+                })
+            })
+        },
+    )
+    .await;
     s.stop().await;
 }
 

@@ -30,6 +30,10 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::now_ms;
 use crate::eventbus::EventBus;
 
+mod node;
+
+pub(crate) use node::{executor_leases, start};
+
 /// How often a node reads the log for other nodes' events without a signal.
 pub const TAIL_EVERY: Duration = Duration::from_millis(250);
 /// Events read per query while catching up.
@@ -118,6 +122,10 @@ struct Inner {
     events_wake: Notify,
     controls: Mutex<HashMap<String, oneshot::Sender<Option<String>>>>,
     heartbeats: Mutex<HashMap<String, Timestamp>>,
+    /// Wakes the event tailer (a signal said other nodes committed events).
+    tail_wake: Arc<Notify>,
+    /// The executor's committed events, for the tailer (taken at start).
+    tail_rx: Mutex<Option<mpsc::UnboundedReceiver<Vec<ChoreographyEvent>>>>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -143,6 +151,8 @@ impl Cluster {
                 events_wake: Notify::new(),
                 controls: Mutex::default(),
                 heartbeats: Mutex::default(),
+                tail_wake: Arc::new(Notify::new()),
+                tail_rx: Mutex::default(),
             }),
         }
     }
