@@ -130,44 +130,6 @@ fn build() -> Value {
         let mut responses = Map::new();
         for a in &r.answers {
             let (status, body) = match a {
-                Answer::Envelope {
-                    status,
-                    key,
-                    schema,
-                    list,
-                } => {
-                    let item = serde_json::to_value(schema(&mut generator)).unwrap_or(json!({}));
-                    let mut props = Map::new();
-                    props.insert("success".into(), json!({"const": true}));
-                    let mut required = vec![json!("success"), json!(key)];
-                    if *list {
-                        props.insert((*key).into(), json!({"type": "array", "items": item}));
-                        props.insert(
-                            "count".into(),
-                            json!({"type": "integer", "description": "Items in this answer."}),
-                        );
-                        props.insert(
-                            "total".into(),
-                            json!({"type": "integer", "description": "All items that match."}),
-                        );
-                        required.push(json!("count"));
-                        required.push(json!("total"));
-                    } else {
-                        props.insert((*key).into(), item);
-                    }
-                    if *key == "agent" && (*status == 201) {
-                        props.insert(
-                            "agentToken".into(),
-                            json!({"type": "string",
-                            "description": "The agent's token (mst_<id>_<secret>), shown once."}),
-                        );
-                    }
-                    (
-                        *status,
-                        json!({"description": "Success", "content": {"application/json": {"schema":
-                            {"type": "object", "properties": props, "required": required}}}}),
-                    )
-                }
                 Answer::Json { status, schema } => {
                     let s = serde_json::to_value(schema(&mut generator)).unwrap_or(json!({}));
                     (
@@ -365,5 +327,36 @@ fn path_id_schema(name: &str) -> serde_json::Value {
             "pattern": "^[A-Za-z0-9._:-]{1,128}$"
         }),
         _ => json!({"type": "string", "minLength": 1, "maxLength": 256}),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every JSON success answer is documented by a type of
+    /// `maestro_core::protocol` (a component), never described inline.
+    #[test]
+    fn json_answers_are_protocol_types() {
+        let doc = super::document();
+        let schemas = doc["components"]["schemas"].as_object().unwrap();
+        for (path, ops) in doc["paths"].as_object().unwrap() {
+            for (method, op) in ops.as_object().unwrap() {
+                for (status, answer) in op["responses"].as_object().unwrap() {
+                    if !status.starts_with('2') {
+                        continue;
+                    }
+                    let Some(schema) = answer.pointer("/content/application~1json/schema") else {
+                        continue;
+                    };
+                    if op["operationId"] == "openapi" {
+                        continue;
+                    }
+                    let name = schema["$ref"]
+                        .as_str()
+                        .and_then(|r| r.strip_prefix("#/components/schemas/"))
+                        .unwrap_or_else(|| panic!("{method} {path} {status}: inline {schema}"));
+                    assert!(schemas.contains_key(name), "{name}");
+                }
+            }
+        }
     }
 }

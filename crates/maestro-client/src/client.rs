@@ -1,8 +1,10 @@
 //! The typed client of the Maestro HTTP API (docs/API.md).
 //!
 //! One async method per route (the agent task routes `tasks/poll|complete|
-//! fail|heartbeat` live in the agent SDK, [`crate::agent`]). Answers are the
-//! wire types of [`maestro_core::model`]; every failure is one
+//! fail|heartbeat` live in the agent SDK, [`crate::agent`]). Request bodies and
+//! answers are read and written as the server's own types
+//! ([`maestro_core::protocol`]), carrying those of [`maestro_core::model`];
+//! every failure is one
 //! [`Error`]: an API error envelope becomes
 //! [`Error::Api`] with its status, code, message and
 //! details.
@@ -37,6 +39,16 @@ use maestro_core::model::{
     MaestroConfig, RegisteredAgent, Timestamp, Workflow, WorkflowExecution,
 };
 use maestro_core::ports::{SubscriptionRecord, TokenRecord};
+use maestro_core::protocol::{
+    AgentAnswer, AgentCreated, AgentList, CancelBody, ConfigAnswer, EventAnswer, EventList,
+    ExecuteBody, ExecutionAnswer, ExecutionList, HealthAnswer, HealthList, HeartbeatBody, Message,
+    MetricsAnswer, StatusBody, SubscriptionCreated, SubscriptionList, TokenCreated, TokenList,
+    WorkflowAnswer, WorkflowList,
+};
+pub use maestro_core::protocol::{DeliveryCounters, SubscriptionListed};
+/// The request bodies of `POST /maestro/events`, `/maestro/tokens` and
+/// `/maestro/subscriptions` (the server reads the same types).
+pub use maestro_core::protocol::{NewSubscription, NewToken, PublishEvent};
 use reqwest::{Method, RequestBuilder, Response, Url};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -78,6 +90,16 @@ pub struct Page<T> {
     pub count: usize,
     /// Items that match the query, over all pages.
     pub total: usize,
+}
+
+impl<T> Page<T> {
+    fn of(items: Vec<T>, count: usize, total: u64) -> Page<T> {
+        Page {
+            items,
+            count,
+            total: usize::try_from(total).unwrap_or(usize::MAX),
+        }
+    }
 }
 
 /// `limit` / `offset` of the list routes that take nothing else
@@ -263,60 +285,6 @@ pub struct EventQuery {
     pub limit: Option<usize>,
 }
 
-/// The body of `POST /maestro/events`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct PublishEvent {
-    /// `agent:event` or `agent:alert`.
-    #[serde(rename = "type")]
-    pub event_type: EventType,
-    /// Any JSON.
-    pub payload: Value,
-    /// Defaults to the token's agent (agent tokens) or name.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub source_agent: Option<String>,
-    /// The agent the event is meant for.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub target_agent: Option<String>,
-    /// Correlation id of the event.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub correlation_id: Option<String>,
-    /// Free-form metadata.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub metadata: Option<Map<String, Value>>,
-}
-
-impl PublishEvent {
-    /// An `agent:event` with `payload`.
-    pub fn new(payload: Value) -> Self {
-        PublishEvent {
-            event_type: EventType::AgentEvent,
-            payload,
-            source_agent: None,
-            target_agent: None,
-            correlation_id: None,
-            metadata: None,
-        }
-    }
-}
-
-/// The body of `POST /maestro/tokens`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct NewToken {
-    /// `admin`, `operator`, `reader` or `agent`.
-    pub role: String,
-    /// Required for role `agent`: the only agent the token acts for.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub agent_id: Option<String>,
-    /// A name for humans (default: the role).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    /// Expiry, ms since the epoch.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub expires_at: Option<Timestamp>,
-}
-
 /// The answer of creating a token.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CreatedToken {
@@ -324,22 +292,6 @@ pub struct CreatedToken {
     pub token: TokenRecord,
     /// The bearer secret `mst_<id>_<secret>`: answered once.
     pub secret: String,
-}
-
-/// The body of `POST /maestro/subscriptions`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct NewSubscription {
-    /// Event types to deliver (at least one).
-    pub event_types: Vec<EventType>,
-    /// Only events from or to this agent.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub agent_id: Option<String>,
-    /// Only events of this workflow.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub workflow_id: Option<String>,
-    /// http(s) URL Maestro POSTs each matching event to.
-    pub url: String,
 }
 
 /// The answer of creating a subscription.
@@ -486,16 +438,16 @@ impl Client {
             .list("tags", &q.tags)
             .opt("limit", q.limit)
             .opt("offset", q.offset);
-        let v = self.get(&["maestro", "agents"], p).await?;
-        page(v, "agents")
+        let v: AgentList = self.get(&["maestro", "agents"], p).await?;
+        Ok(Page::of(v.agents, v.count, v.total))
     }
 
     /// `GET /maestro/agents/:id`.
     pub async fn get_agent(&self, id: &str) -> Result<RegisteredAgent, Error> {
-        let v = self
+        let v: AgentAnswer = self
             .get(&["maestro", "agents", id], Params::default())
             .await?;
-        take(v, "agent")
+        Ok(v.agent)
     }
 
     /// `PATCH /maestro/agents/:id/status`: an operator hold (heartbeats do not
@@ -505,8 +457,8 @@ impl Client {
         id: &str,
         status: AgentStatus,
     ) -> Result<RegisteredAgent, Error> {
-        let body = json!({"status": status});
-        let (_, v) = self
+        let body = to_value(&StatusBody { status })?;
+        let (_, v): (_, AgentAnswer) = self
             .call(
                 Method::PATCH,
                 &["maestro", "agents", id, "status"],
@@ -515,7 +467,7 @@ impl Client {
                 None,
             )
             .await?;
-        take(v, "agent")
+        Ok(v.agent)
     }
 
     /// `POST /maestro/agents/:id/heartbeat`, optionally with a health report.
@@ -524,8 +476,14 @@ impl Client {
         id: &str,
         health: Option<&AgentHealth>,
     ) -> Result<RegisteredAgent, Error> {
-        let body = health.map(|h| json!({"health": h}));
-        let (_, v) = self
+        let body = health
+            .map(|h| {
+                to_value(&HeartbeatBody {
+                    health: Some(h.clone()),
+                })
+            })
+            .transpose()?;
+        let (_, v): (_, AgentAnswer) = self
             .call(
                 Method::POST,
                 &["maestro", "agents", id, "heartbeat"],
@@ -534,7 +492,7 @@ impl Client {
                 None,
             )
             .await?;
-        take(v, "agent")
+        Ok(v.agent)
     }
 
     /// `DELETE /maestro/agents/:id`: deregister (its queued tasks fail with
@@ -545,10 +503,10 @@ impl Client {
 
     /// `GET /maestro/agents/:id/health`.
     pub async fn get_agent_health(&self, id: &str) -> Result<AgentHealth, Error> {
-        let v = self
+        let v: HealthAnswer = self
             .get(&["maestro", "agents", id, "health"], Params::default())
             .await?;
-        take(v, "health")
+        Ok(v.health)
     }
 
     /// `PUT /maestro/agents/:id/health`: the agent's own health report.
@@ -558,7 +516,7 @@ impl Client {
         health: &AgentHealth,
     ) -> Result<AgentHealth, Error> {
         let body = to_value(health)?;
-        let (_, v) = self
+        let (_, v): (_, HealthAnswer) = self
             .call(
                 Method::PUT,
                 &["maestro", "agents", id, "health"],
@@ -567,7 +525,7 @@ impl Client {
                 None,
             )
             .await?;
-        take(v, "health")
+        Ok(v.health)
     }
 
     /// `GET /maestro/capabilities/:capability/agents`: the agents offering a
@@ -576,13 +534,13 @@ impl Client {
         &self,
         capability: &str,
     ) -> Result<Page<RegisteredAgent>, Error> {
-        let v = self
+        let v: AgentList = self
             .get(
                 &["maestro", "capabilities", capability, "agents"],
                 Params::default(),
             )
             .await?;
-        page(v, "agents")
+        Ok(Page::of(v.agents, v.count, v.total))
     }
 
     // ------------------------------------------------------------- workflows
@@ -596,7 +554,7 @@ impl Client {
 
     /// `POST /maestro/workflows` with a workflow document as JSON.
     pub async fn define_workflow_json(&self, workflow: &Value) -> Result<Workflow, Error> {
-        let (_, v) = self
+        let (_, v): (_, WorkflowAnswer) = self
             .call(
                 Method::POST,
                 &["maestro", "workflows"],
@@ -605,7 +563,7 @@ impl Client {
                 None,
             )
             .await?;
-        take(v, "workflow")
+        Ok(v.workflow)
     }
 
     /// `POST /maestro/workflows` with a workflow document as text (JSON or
@@ -615,7 +573,7 @@ impl Client {
         text: &str,
         format: WorkflowFormat,
     ) -> Result<Workflow, Error> {
-        let (_, v) = self
+        let (_, v): (_, WorkflowAnswer) = self
             .call(
                 Method::POST,
                 &["maestro", "workflows"],
@@ -624,7 +582,7 @@ impl Client {
                 None,
             )
             .await?;
-        take(v, "workflow")
+        Ok(v.workflow)
     }
 
     /// `GET /maestro/workflows`: the latest revision of each workflow.
@@ -633,22 +591,22 @@ impl Client {
         p.list("tags", &q.tags)
             .opt("limit", q.limit)
             .opt("offset", q.offset);
-        let v = self.get(&["maestro", "workflows"], p).await?;
-        page(v, "workflows")
+        let v: WorkflowList = self.get(&["maestro", "workflows"], p).await?;
+        Ok(Page::of(v.workflows, v.count, v.total))
     }
 
     /// `GET /maestro/workflows/:id`: the latest revision, or `revision`.
     pub async fn get_workflow(&self, id: &str, revision: Option<u64>) -> Result<Workflow, Error> {
         let mut p = Params::default();
         p.opt("revision", revision);
-        let v = self.get(&["maestro", "workflows", id], p).await?;
-        take(v, "workflow")
+        let v: WorkflowAnswer = self.get(&["maestro", "workflows", id], p).await?;
+        Ok(v.workflow)
     }
 
     /// `PATCH /maestro/workflows/:id`: apply a JSON merge patch (RFC 7386; a
     /// `null` removes a key), making a new revision.
     pub async fn update_workflow(&self, id: &str, patch: &Value) -> Result<Workflow, Error> {
-        let (_, v) = self
+        let (_, v): (_, WorkflowAnswer) = self
             .call(
                 Method::PATCH,
                 &["maestro", "workflows", id],
@@ -657,7 +615,7 @@ impl Client {
                 None,
             )
             .await?;
-        take(v, "workflow")
+        Ok(v.workflow)
     }
 
     /// `DELETE /maestro/workflows/:id` (409 `INVALID_STATE` while executions
@@ -673,16 +631,14 @@ impl Client {
         id: &str,
         options: &ExecuteOptions,
     ) -> Result<Executed, Error> {
-        let mut body = json!({"inputs": options.inputs});
-        if let Some(c) = &options.correlation_id {
-            body["correlationId"] = json!(c);
-        }
-        if let Some(pe) = &options.parent_execution_id {
-            body["parentExecutionId"] = json!(pe);
-        }
+        let body = to_value(&ExecuteBody {
+            inputs: options.inputs.clone(),
+            correlation_id: options.correlation_id.clone(),
+            parent_execution_id: options.parent_execution_id.clone(),
+        })?;
         let mut p = Params::default();
         p.opt("wait", options.wait.map(|d| d.as_millis()));
-        let (status, v) = self
+        let (status, v): (_, ExecutionAnswer) = self
             .call(
                 Method::POST,
                 &["maestro", "workflows", id, "execute"],
@@ -692,7 +648,7 @@ impl Client {
             )
             .await?;
         Ok(Executed {
-            execution: take(v, "execution")?,
+            execution: v.execution,
             status,
         })
     }
@@ -701,10 +657,10 @@ impl Client {
 
     /// `GET /maestro/executions/:id`.
     pub async fn get_execution(&self, id: &str) -> Result<WorkflowExecution, Error> {
-        let v = self
+        let v: ExecutionAnswer = self
             .get(&["maestro", "executions", id], Params::default())
             .await?;
-        take(v, "execution")
+        Ok(v.execution)
     }
 
     /// `GET /maestro/executions`: executions matching `q`, newest first.
@@ -723,8 +679,8 @@ impl Client {
             .opt("createdBefore", q.created_before)
             .opt("limit", q.limit)
             .opt("offset", q.offset);
-        let v = self.get(&["maestro", "executions"], p).await?;
-        page(v, "executions")
+        let v: ExecutionList = self.get(&["maestro", "executions"], p).await?;
+        Ok(Page::of(v.executions, v.count, v.total))
     }
 
     /// `POST /maestro/executions/:id/cancel` (409 `INVALID_STATE` if already
@@ -734,8 +690,14 @@ impl Client {
         id: &str,
         reason: Option<&str>,
     ) -> Result<WorkflowExecution, Error> {
-        let body = reason.map(|r| json!({"reason": r}));
-        let (_, v) = self
+        let body = reason
+            .map(|r| {
+                to_value(&CancelBody {
+                    reason: Some(r.to_owned()),
+                })
+            })
+            .transpose()?;
+        let (_, v): (_, ExecutionAnswer) = self
             .call(
                 Method::POST,
                 &["maestro", "executions", id, "cancel"],
@@ -744,12 +706,12 @@ impl Client {
                 None,
             )
             .await?;
-        take(v, "execution")
+        Ok(v.execution)
     }
 
     /// `POST /maestro/executions/:id/pause`: no new steps start.
     pub async fn pause_execution(&self, id: &str) -> Result<WorkflowExecution, Error> {
-        let (_, v) = self
+        let (_, v): (_, ExecutionAnswer) = self
             .call(
                 Method::POST,
                 &["maestro", "executions", id, "pause"],
@@ -758,12 +720,12 @@ impl Client {
                 None,
             )
             .await?;
-        take(v, "execution")
+        Ok(v.execution)
     }
 
     /// `POST /maestro/executions/:id/resume`.
     pub async fn resume_execution(&self, id: &str) -> Result<WorkflowExecution, Error> {
-        let (_, v) = self
+        let (_, v): (_, ExecutionAnswer) = self
             .call(
                 Method::POST,
                 &["maestro", "executions", id, "resume"],
@@ -772,7 +734,7 @@ impl Client {
                 None,
             )
             .await?;
-        take(v, "execution")
+        Ok(v.execution)
     }
 
     // ---------------------------------------------------------------- events
@@ -780,10 +742,10 @@ impl Client {
     /// `GET /maestro/events`: persisted events in seq order (with
     /// `q.after`: the first `limit` after it; without: the newest `limit`).
     pub async fn event_history(&self, q: &EventQuery) -> Result<Page<ChoreographyEvent>, Error> {
-        let v = self
+        let v: EventList = self
             .get(&["maestro", "events"], event_params(q, true))
             .await?;
-        page(v, "events")
+        Ok(Page::of(v.events, v.count, v.total))
     }
 
     /// `GET /maestro/events/:correlationId`: the events of one correlation
@@ -796,14 +758,14 @@ impl Client {
     ) -> Result<Page<ChoreographyEvent>, Error> {
         let mut p = Params::default();
         p.opt("after", after).opt("limit", limit);
-        let v = self.get(&["maestro", "events", correlation_id], p).await?;
-        page(v, "events")
+        let v: EventList = self.get(&["maestro", "events", correlation_id], p).await?;
+        Ok(Page::of(v.events, v.count, v.total))
     }
 
     /// `POST /maestro/events`: publish an `agent:event` or `agent:alert`.
     pub async fn publish_event(&self, event: &PublishEvent) -> Result<ChoreographyEvent, Error> {
         let body = to_value(event)?;
-        let (_, v) = self
+        let (_, v): (_, EventAnswer) = self
             .call(
                 Method::POST,
                 &["maestro", "events"],
@@ -812,7 +774,7 @@ impl Client {
                 None,
             )
             .await?;
-        take(v, "event")
+        Ok(v.event)
     }
 
     /// `GET /maestro/events/stream`: the live events matching `filter` as
@@ -862,26 +824,26 @@ impl Client {
 
     /// `GET /maestro/metrics`: orchestration metrics.
     pub async fn metrics(&self) -> Result<ChoreographyMetrics, Error> {
-        let v = self.get(&["maestro", "metrics"], Params::default()).await?;
-        take(v, "metrics")
+        let v: MetricsAnswer = self.get(&["maestro", "metrics"], Params::default()).await?;
+        Ok(v.metrics)
     }
 
     /// `GET /maestro/health`: the health of every agent.
     pub async fn all_agent_health(&self) -> Result<Vec<AgentHealth>, Error> {
-        let v = self.get(&["maestro", "health"], Params::default()).await?;
-        take(v, "health")
+        let v: HealthList = self.get(&["maestro", "health"], Params::default()).await?;
+        Ok(v.health)
     }
 
     /// `GET /maestro/config`: the runtime configuration.
     pub async fn get_config(&self) -> Result<MaestroConfig, Error> {
-        let v = self.get(&["maestro", "config"], Params::default()).await?;
-        take(v, "config")
+        let v: ConfigAnswer = self.get(&["maestro", "config"], Params::default()).await?;
+        Ok(v.config)
     }
 
     /// `PATCH /maestro/config`: merge-patch the runtime configuration
     /// (admin only); validated and applied at once.
     pub async fn update_config(&self, patch: &Value) -> Result<MaestroConfig, Error> {
-        let (_, v) = self
+        let (_, v): (_, ConfigAnswer) = self
             .call(
                 Method::PATCH,
                 &["maestro", "config"],
@@ -890,7 +852,7 @@ impl Client {
                 None,
             )
             .await?;
-        take(v, "config")
+        Ok(v.config)
     }
 
     /// `GET /maestro/openapi.json`: the OpenAPI 3.1 document of the API.
@@ -924,7 +886,7 @@ impl Client {
     /// `POST /maestro/tokens` (admin only): the secret is answered once.
     pub async fn create_token(&self, token: &NewToken) -> Result<CreatedToken, Error> {
         let body = to_value(token)?;
-        let (_, mut v) = self
+        let (_, v): (_, TokenCreated) = self
             .call(
                 Method::POST,
                 &["maestro", "tokens"],
@@ -933,19 +895,18 @@ impl Client {
                 None,
             )
             .await?;
-        let secret = take(v["secret"].take(), "")?;
         Ok(CreatedToken {
-            token: take(v, "token")?,
-            secret,
+            token: v.token,
+            secret: v.secret,
         })
     }
 
     /// `GET /maestro/tokens` (admin only): never their secrets.
     pub async fn list_tokens(&self, paging: Paging) -> Result<Page<TokenRecord>, Error> {
-        let v = self
+        let v: TokenList = self
             .get(&["maestro", "tokens"], paging_params(paging))
             .await?;
-        page(v, "tokens")
+        Ok(Page::of(v.tokens, v.count, v.total))
     }
 
     /// `DELETE /maestro/tokens/:id` (admin only). Answers the server's message.
@@ -962,7 +923,7 @@ impl Client {
         sub: &NewSubscription,
     ) -> Result<CreatedSubscription, Error> {
         let body = to_value(sub)?;
-        let (_, mut v) = self
+        let (_, v): (_, SubscriptionCreated) = self
             .call(
                 Method::POST,
                 &["maestro", "subscriptions"],
@@ -971,22 +932,21 @@ impl Client {
                 None,
             )
             .await?;
-        let secret = take(v["secret"].take(), "")?;
         Ok(CreatedSubscription {
-            subscription: take(v, "subscription")?,
-            secret,
+            subscription: v.subscription,
+            secret: v.secret,
         })
     }
 
-    /// `GET /maestro/subscriptions`.
+    /// `GET /maestro/subscriptions`: each with its delivery counters.
     pub async fn list_subscriptions(
         &self,
         paging: Paging,
-    ) -> Result<Page<SubscriptionRecord>, Error> {
-        let v = self
+    ) -> Result<Page<SubscriptionListed>, Error> {
+        let v: SubscriptionList = self
             .get(&["maestro", "subscriptions"], paging_params(paging))
             .await?;
-        page(v, "subscriptions")
+        Ok(Page::of(v.subscriptions, v.count, v.total))
     }
 
     /// `DELETE /maestro/subscriptions/:id`. Answers the server's message.
@@ -1048,15 +1008,16 @@ impl Client {
         }
     }
 
-    /// One JSON exchange: the status and the JSON body of a 2xx answer.
-    async fn call(
+    /// One JSON exchange: the status and the body of a 2xx answer, read as
+    /// `T` (an answer type of [`maestro_core::protocol`]).
+    async fn call<T: DeserializeOwned>(
         &self,
         method: Method,
         segments: &[&str],
         params: Params,
         body: Body<'_>,
         idempotency_key: Option<&str>,
-    ) -> Result<(u16, Value), Error> {
+    ) -> Result<(u16, T), Error> {
         let url = self.url(segments, params)?;
         let mut req = self.request(method, url.clone());
         req = match body {
@@ -1076,12 +1037,21 @@ impl Client {
         let resp = self.send(req, &url).await?;
         let status = resp.status().as_u16();
         let bytes = resp.bytes().await.map_err(|e| unreachable(&url, &e))?;
-        let v = serde_json::from_slice(&bytes)
-            .map_err(|e| Error::Decode(format!("{url}: the answer is not JSON: {e}")))?;
+        let v = serde_json::from_slice(&bytes).map_err(|e| {
+            if e.is_data() {
+                Error::Decode(format!("{url}: unexpected answer: {e}"))
+            } else {
+                Error::Decode(format!("{url}: the answer is not JSON: {e}"))
+            }
+        })?;
         Ok((status, v))
     }
 
-    async fn get(&self, segments: &[&str], params: Params) -> Result<Value, Error> {
+    async fn get<T: DeserializeOwned>(
+        &self,
+        segments: &[&str],
+        params: Params,
+    ) -> Result<T, Error> {
         let (_, v) = self
             .call(Method::GET, segments, params, Body::None, None)
             .await?;
@@ -1089,7 +1059,7 @@ impl Client {
     }
 
     async fn delete(&self, segments: &[&str]) -> Result<String, Error> {
-        let (_, v) = self
+        let (_, v): (_, Message) = self
             .call(
                 Method::DELETE,
                 segments,
@@ -1098,7 +1068,7 @@ impl Client {
                 None,
             )
             .await?;
-        Ok(v["message"].as_str().unwrap_or_default().to_owned())
+        Ok(v.message)
     }
 }
 
@@ -1117,47 +1087,28 @@ fn agent_body(agent: &RegisteredAgent) -> Result<Value, Error> {
     Ok(v)
 }
 
-fn registration(status: u16, mut v: Value) -> Result<AgentRegistration, Error> {
-    let agent_token = v["agentToken"].as_str().map(str::to_owned);
-    Ok(AgentRegistration {
-        agent: take(v["agent"].take(), "")?,
-        agent_token,
-        created: status == 201,
-    })
+/// 201 [`AgentCreated`] (with the agent's token) or 200 [`AgentAnswer`].
+fn registration(status: u16, v: Value) -> Result<AgentRegistration, Error> {
+    let decode = |e: serde_json::Error| Error::Decode(format!("unexpected answer: {e}"));
+    if status == 201 {
+        let c: AgentCreated = serde_json::from_value(v).map_err(decode)?;
+        Ok(AgentRegistration {
+            agent: c.agent,
+            agent_token: Some(c.agent_token),
+            created: true,
+        })
+    } else {
+        let a: AgentAnswer = serde_json::from_value(v).map_err(decode)?;
+        Ok(AgentRegistration {
+            agent: a.agent,
+            agent_token: None,
+            created: false,
+        })
+    }
 }
 
 fn to_value<T: Serialize>(v: &T) -> Result<Value, Error> {
     serde_json::to_value(v).map_err(|e| Error::InvalidInput(e.to_string()))
-}
-
-/// `v[key]` (or `v` itself for an empty key) as a `T`.
-fn take<T: DeserializeOwned>(mut v: Value, key: &str) -> Result<T, Error> {
-    let field = if key.is_empty() {
-        v
-    } else {
-        match v.get_mut(key) {
-            Some(f) => f.take(),
-            None => return Err(Error::Decode(format!("the answer has no `{key}`"))),
-        }
-    };
-    serde_json::from_value(field).map_err(|e| {
-        let what = if key.is_empty() { "the answer" } else { key };
-        Error::Decode(format!("{what}: {e}"))
-    })
-}
-
-fn page<T: DeserializeOwned>(mut v: Value, key: &str) -> Result<Page<T>, Error> {
-    let items: Vec<T> = take(v[key].take(), "").map_err(|e| match e {
-        Error::Decode(m) => Error::Decode(format!("{key}: {m}")),
-        other => other,
-    })?;
-    let count = v["count"].as_u64().map_or(items.len(), |c| c as usize);
-    let total = v["total"].as_u64().map_or(count, |t| t as usize);
-    Ok(Page {
-        items,
-        count,
-        total,
-    })
 }
 
 /// The innermost cause of a reqwest error ("Connection refused (os error

@@ -6,6 +6,7 @@
 //! placeholder substitution, `getNextSteps`), the execution state machine in
 //! [`machine`] (`apply(state, input) -> actions`, a pure function), and the
 //! [`ports`] the engine needs: a `Store` for persistence and an `Invoker` to call agents.
+//! The [`protocol`] holds the request bodies and answers of every HTTP route.
 //!
 //! Nothing here reads a clock, touches the network or spawns a task; the
 //! `maestro-engine` crate performs what the state machine decides.
@@ -15,6 +16,7 @@ mod error;
 pub mod machine;
 pub mod model;
 pub mod ports;
+pub mod protocol;
 pub mod registry;
 pub mod url;
 

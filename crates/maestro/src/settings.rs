@@ -192,33 +192,9 @@ pub struct Flags {
     pub database_url: Option<String>,
 }
 
-const SERVER_KEYS: &[&str] = &[
-    "listen",
-    "dataDir",
-    "databaseUrl",
-    "databaseMaxConnections",
-    "clusterLeaseTtlMs",
-    "authFailuresPerMinute",
-    "retentionExecutionsMs",
-    "retentionEventsMs",
-    "adminToken",
-    "logFormat",
-    "maxBodyBytes",
-    "maxQueuedExecutions",
-    "maxStepsPerWorkflow",
-    "celMaxCost",
-    "celMaxListSize",
-    "maxJsonDepth",
-    "maxOutputBytes",
-    "drainTimeoutMs",
-    "outboundAllowList",
-    "maxWaitMs",
-    "sseQueue",
-    "sseKeepaliveMs",
-    "headerReadTimeoutMs",
-    "keepAliveIdleTimeoutMs",
-    "maxConnections",
-];
+/// The server settings' names: one list, shared with `PATCH /maestro/config`
+/// (which refuses them); a test checks it is exactly [`ServerSettings`]'s fields.
+const SERVER_KEYS: &[&str] = maestro_core::protocol::SERVER_SETTINGS;
 
 const RUNTIME_KEYS: &[&str] = &[
     "maxConcurrentWorkflows",
@@ -459,6 +435,53 @@ mod tests {
         );
         let e = load(&Flags::default(), &env(&[("MAESTRO_CEL_MAX_COST", "0")])).unwrap_err();
         assert!(e.to_string().contains("celMaxCost"), "{e}");
+    }
+
+    /// The field names serde reads for `T` (its `deserialize_struct` call).
+    fn struct_fields<'de, T: Deserialize<'de>>() -> &'static [&'static str] {
+        use serde::de::{Deserializer, Visitor};
+        struct Fields(Option<&'static [&'static str]>);
+        impl<'de> Deserializer<'de> for &mut Fields {
+            type Error = serde::de::value::Error;
+            fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+                Err(serde::de::Error::custom("not a struct"))
+            }
+            fn deserialize_struct<V: Visitor<'de>>(
+                self,
+                _: &'static str,
+                fields: &'static [&'static str],
+                _: V,
+            ) -> Result<V::Value, Self::Error> {
+                self.0 = Some(fields);
+                Err(serde::de::Error::custom("fields read"))
+            }
+            serde::forward_to_deserialize_any! {
+                bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+                bytes byte_buf option unit unit_struct newtype_struct seq tuple
+                tuple_struct map enum identifier ignored_any
+            }
+        }
+        let mut f = Fields(None);
+        let _ = T::deserialize(&mut f);
+        f.0.expect("a struct")
+    }
+
+    /// `PATCH /maestro/config` refuses exactly the server settings: the
+    /// shared list and `ServerSettings` name the same keys.
+    #[test]
+    fn server_settings_list_is_the_struct() {
+        use std::collections::BTreeSet;
+        let fields: BTreeSet<&str> = struct_fields::<ServerSettings>().iter().copied().collect();
+        let listed: BTreeSet<&str> = SERVER_KEYS.iter().copied().collect();
+        assert_eq!(listed.len(), SERVER_KEYS.len(), "a key is listed twice");
+        let missing: Vec<_> = fields.difference(&listed).collect();
+        let stale: Vec<_> = listed.difference(&fields).collect();
+        assert!(
+            missing.is_empty() && stale.is_empty(),
+            "maestro_core::protocol::SERVER_SETTINGS lacks {missing:?} and lists {stale:?}"
+        );
+        // No runtime key is taken for a server setting.
+        assert!(RUNTIME_KEYS.iter().all(|k| !listed.contains(k)));
     }
 
     #[test]

@@ -4,15 +4,17 @@ use axum::Extension;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use maestro_core::model::{
-    AgentHealth, ChoreographyMetrics, EventType, MaestroConfig, Timestamp, validate_id,
+use maestro_core::model::validate_id;
+use maestro_core::ports::SubscriptionRecord;
+use maestro_core::protocol::{
+    ConfigAnswer, DeliveryCounters, HealthList, Message, MetricsAnswer, NewSubscription, NewToken,
+    Probe, SERVER_SETTINGS, SubscriptionCreated, SubscriptionList, SubscriptionListed,
+    TokenCreated, TokenList, True,
 };
-use maestro_core::ports::{SubscriptionRecord, TokenRecord};
 use maestro_core::url::shown;
 use maestro_engine::clock::now_ms;
+use maestro_engine::webhooks::DeliveryStats;
 use rand::RngCore;
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::{Access, Route, delete, get, patch, post, schema};
@@ -22,31 +24,18 @@ use crate::error::{ApiError, ApiResult};
 use crate::extract::{Json, PathId, Query};
 use crate::state::AppState;
 
-/// `{"success": true, "message": ...}`.
-#[derive(Debug, Serialize, JsonSchema)]
-pub(crate) struct Message {
-    success: bool,
-    message: String,
-}
-
-/// `/healthz`, `/readyz`.
-#[derive(Debug, Serialize, JsonSchema)]
-pub(crate) struct Probe {
-    status: String,
-}
-
 pub(crate) fn probes() -> Vec<Route> {
     vec![
         get("/healthz", Access::Public, healthz)
             .doc("healthz", "Probes", "The process is alive (no token)")
-            .json(200, schema::<Probe>),
+            .ok::<Probe>(200),
         get("/readyz", Access::Public, readyz)
             .doc(
                 "readyz",
                 "Probes",
                 "Store reachable and engine running (no token); 503 while starting or draining",
             )
-            .json(200, schema::<Probe>)
+            .ok::<Probe>(200)
             .errors(&[503]),
     ]
 }
@@ -55,10 +44,10 @@ pub(crate) fn routes() -> Vec<Route> {
     vec![
         get("/maestro/metrics", Access::Read, metrics)
             .doc("getMetrics", "Monitoring", "Orchestration metrics")
-            .ok(200, "metrics", schema::<ChoreographyMetrics>),
+            .ok::<MetricsAnswer>(200),
         get("/maestro/health", Access::Read, health)
             .doc("getAllAgentHealth", "Monitoring", "Health of every agent")
-            .list("health", schema::<AgentHealth>),
+            .ok::<HealthList>(200),
         get("/metrics", Access::Read, crate::metrics::render)
             .doc(
                 "prometheus",
@@ -71,7 +60,7 @@ pub(crate) fn routes() -> Vec<Route> {
             .raw(200, "application/json"),
         get("/maestro/config", Access::Read, get_config)
             .doc("getConfig", "Config", "The runtime configuration")
-            .ok(200, "config", schema::<MaestroConfig>),
+            .ok::<ConfigAnswer>(200),
         patch("/maestro/config", Access::Admin, patch_config)
             .doc(
                 "updateConfig",
@@ -79,22 +68,22 @@ pub(crate) fn routes() -> Vec<Route> {
                 "Merge-patch the runtime configuration: validated, stored, applied at once",
             )
             .body(schema::<Value>)
-            .ok(200, "config", schema::<MaestroConfig>),
+            .ok::<ConfigAnswer>(200),
         post("/maestro/tokens", Access::Admin, create_token)
             .doc(
                 "createToken",
                 "Tokens",
                 "Create a token; its secret is answered once",
             )
-            .body(schema::<TokenBody>)
-            .json(201, schema::<TokenCreated>),
+            .body(schema::<NewToken>)
+            .ok::<TokenCreated>(201),
         get("/maestro/tokens", Access::Admin, list_tokens)
             .doc("listTokens", "Tokens", "Tokens (never their secrets)")
             .query(&super::PAGE)
-            .list("tokens", schema::<TokenRecord>),
+            .ok::<TokenList>(200),
         delete("/maestro/tokens/{tokenId}", Access::Admin, revoke_token)
             .doc("revokeToken", "Tokens", "Revoke a token")
-            .json(200, schema::<Message>)
+            .ok::<Message>(200)
             .errors(&[404]),
         post(
             "/maestro/subscriptions",
@@ -106,8 +95,8 @@ pub(crate) fn routes() -> Vec<Route> {
             "Subscriptions",
             "Subscribe a URL to events; the signing secret is answered once",
         )
-        .body(schema::<SubscriptionBody>)
-        .json(201, schema::<SubscriptionCreated>),
+        .body(schema::<NewSubscription>)
+        .ok::<SubscriptionCreated>(201),
         get("/maestro/subscriptions", Access::Read, list_subscriptions)
             .doc(
                 "listSubscriptions",
@@ -115,7 +104,7 @@ pub(crate) fn routes() -> Vec<Route> {
                 "Webhook subscriptions, each with its delivery counters (delivered, failed, catchUps, attempts, lastError) since the server started",
             )
             .query(&super::PAGE)
-            .list("subscriptions", schema::<SubscriptionListed>),
+            .ok::<SubscriptionList>(200),
         delete(
             "/maestro/subscriptions/{subscriptionId}",
             Access::Operator,
@@ -126,13 +115,16 @@ pub(crate) fn routes() -> Vec<Route> {
             "Subscriptions",
             "Delete a subscription",
         )
-        .json(200, schema::<Message>)
+        .ok::<Message>(200)
         .errors(&[404]),
     ]
 }
 
 async fn healthz() -> Response {
-    axum::Json(json!({"status": "ok"})).into_response()
+    axum::Json(Probe {
+        status: "ok".into(),
+    })
+    .into_response()
 }
 
 async fn readyz(State(s): State<AppState>) -> Response {
@@ -143,7 +135,10 @@ async fn readyz(State(s): State<AppState>) -> Response {
         return ApiError::NotReady("engine not running".into()).into_response();
     }
     match s.maestro.ping_store().await {
-        Ok(_) => axum::Json(json!({"status": "ready"})).into_response(),
+        Ok(_) => axum::Json(Probe {
+            status: "ready".into(),
+        })
+        .into_response(),
         Err(e) => {
             tracing::warn!(error = %e, "readiness: store unreachable");
             ApiError::NotReady("store unreachable".into()).into_response()
@@ -154,14 +149,13 @@ async fn readyz(State(s): State<AppState>) -> Response {
 async fn metrics(State(s): State<AppState>, q: Query) -> ApiResult<Response> {
     q.finish()?;
     let m = s.maestro.get_metrics().await?;
-    Ok(axum::Json(json!({"success": true, "metrics": m})).into_response())
+    Ok(axum::Json(MetricsAnswer::new(m)).into_response())
 }
 
 async fn health(State(s): State<AppState>, q: Query) -> ApiResult<Response> {
     q.finish()?;
     let h = s.maestro.get_all_agent_health();
-    let n = h.len();
-    Ok(axum::Json(json!({"success": true, "count": n, "total": n, "health": h})).into_response())
+    Ok(axum::Json(HealthList::all(h)).into_response())
 }
 
 async fn openapi(q: Query) -> ApiResult<Response> {
@@ -171,28 +165,8 @@ async fn openapi(q: Query) -> ApiResult<Response> {
 
 async fn get_config(State(s): State<AppState>, q: Query) -> ApiResult<Response> {
     q.finish()?;
-    Ok(axum::Json(json!({"success": true, "config": s.maestro.get_config()})).into_response())
+    Ok(axum::Json(ConfigAnswer::new(s.maestro.get_config())).into_response())
 }
-
-/// Settings read at start that a PATCH cannot change.
-const SERVER_SETTINGS: &[&str] = &[
-    "listen",
-    "dataDir",
-    "databaseUrl",
-    "databaseMaxConnections",
-    "clusterLeaseTtlMs",
-    "authFailuresPerMinute",
-    "retentionExecutionsMs",
-    "retentionEventsMs",
-    "maxBodyBytes",
-    "maxQueuedExecutions",
-    "maxStepsPerWorkflow",
-    "maxJsonDepth",
-    "maxOutputBytes",
-    "retention",
-    "outboundAllowList",
-    "adminToken",
-];
 
 async fn patch_config(
     State(s): State<AppState>,
@@ -215,38 +189,13 @@ async fn patch_config(
     }
     let c = s.maestro.update_config(&patch).await?;
     audit::record(&s, &who, "config.changed", json!({"patch": patch})).await;
-    Ok(axum::Json(json!({"success": true, "config": c})).into_response())
-}
-
-/// `POST /maestro/tokens`.
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub(crate) struct TokenBody {
-    /// admin, operator, reader or agent.
-    role: String,
-    /// Required for role agent: the only agent the token acts for.
-    #[serde(default)]
-    agent_id: Option<String>,
-    #[serde(default)]
-    name: Option<String>,
-    /// Expiry, ms since the epoch.
-    #[serde(default)]
-    expires_at: Option<Timestamp>,
-}
-
-/// Answer of `POST /maestro/tokens`.
-#[derive(Debug, Serialize, JsonSchema)]
-pub(crate) struct TokenCreated {
-    success: bool,
-    token: TokenRecord,
-    /// `mst_<id>_<secret>`: shown once.
-    secret: String,
+    Ok(axum::Json(ConfigAnswer::new(c)).into_response())
 }
 
 async fn create_token(
     State(s): State<AppState>,
     Extension(who): Extension<Principal>,
-    Json(b): Json<TokenBody>,
+    Json(b): Json<NewToken>,
 ) -> ApiResult<Response> {
     let role = Role::parse(&b.role).ok_or_else(|| {
         ApiError::validation(
@@ -284,25 +233,26 @@ async fn create_token(
     .await;
     Ok((
         StatusCode::CREATED,
-        axum::Json(json!({"success": true, "token": m.record, "secret": m.secret})),
+        axum::Json(TokenCreated {
+            success: True,
+            token: m.record,
+            secret: m.secret,
+        }),
     )
         .into_response())
 }
 
-/// A page of an in-memory list.
-fn paged<T: Serialize>(key: &str, items: Vec<T>, limit: usize, offset: usize) -> Response {
-    let total = items.len();
-    let page: Vec<T> = items.into_iter().skip(offset).take(limit).collect();
-    let mut body = json!({"success": true, "count": page.len(), "total": total});
-    body[key] = serde_json::to_value(page).unwrap_or_default();
-    axum::Json(body).into_response()
+/// A page of an in-memory list, and the length of the list.
+fn paged<T>(items: Vec<T>, limit: usize, offset: usize) -> (Vec<T>, u64) {
+    let total = items.len() as u64;
+    (items.into_iter().skip(offset).take(limit).collect(), total)
 }
 
 async fn list_tokens(State(s): State<AppState>, mut q: Query) -> ApiResult<Response> {
     let (limit, offset) = q.page(100, 1000)?;
     q.finish()?;
-    let tokens = s.auth.list().await?;
-    Ok(paged("tokens", tokens, limit, offset))
+    let (tokens, total) = paged(s.auth.list().await?, limit, offset);
+    Ok(axum::Json(TokenList::new(tokens, total)).into_response())
 }
 
 async fn revoke_token(
@@ -316,60 +266,13 @@ async fn revoke_token(
         return Err(maestro_core::Error::not_found("token", &id).into());
     }
     audit::record(&s, &who, "token.revoked", json!({"tokenId": id})).await;
-    Ok(
-        axum::Json(json!({"success": true, "message": format!("token {id} revoked")}))
-            .into_response(),
-    )
-}
-
-/// `POST /maestro/subscriptions`.
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub(crate) struct SubscriptionBody {
-    /// Event types to deliver (at least one).
-    event_types: Vec<EventType>,
-    #[serde(default)]
-    agent_id: Option<String>,
-    #[serde(default)]
-    workflow_id: Option<String>,
-    /// http(s) URL; checked against the outbound allow-list on delivery.
-    url: String,
-}
-
-/// A subscription as listed: the record and its delivery counters.
-#[derive(Debug, Serialize, JsonSchema)]
-pub(crate) struct SubscriptionListed {
-    #[serde(flatten)]
-    subscription: SubscriptionRecord,
-    delivery: DeliveryCounters,
-}
-
-/// Delivery counters since the server started.
-#[derive(Debug, Serialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub(crate) struct DeliveryCounters {
-    delivered: u64,
-    failed: u64,
-    catch_ups: u64,
-    attempts: u64,
-    last_delivered_seq: Option<u64>,
-    last_delivered_at: Option<u64>,
-    last_error: Option<String>,
-}
-
-/// Answer of `POST /maestro/subscriptions`.
-#[derive(Debug, Serialize, JsonSchema)]
-pub(crate) struct SubscriptionCreated {
-    success: bool,
-    subscription: SubscriptionRecord,
-    /// HMAC-SHA256 key of `X-Maestro-Signature`: shown once.
-    secret: String,
+    Ok(axum::Json(Message::new(format!("token {id} revoked"))).into_response())
 }
 
 async fn create_subscription(
     State(s): State<AppState>,
     Extension(who): Extension<Principal>,
-    Json(b): Json<SubscriptionBody>,
+    Json(b): Json<NewSubscription>,
 ) -> ApiResult<Response> {
     if b.event_types.is_empty() {
         return Err(ApiError::validation(
@@ -415,7 +318,11 @@ async fn create_subscription(
     .await;
     Ok((
         StatusCode::CREATED,
-        axum::Json(json!({"success": true, "subscription": rec, "secret": secret})),
+        axum::Json(SubscriptionCreated {
+            success: True,
+            subscription: rec,
+            secret,
+        }),
     )
         .into_response())
 }
@@ -427,22 +334,47 @@ async fn list_subscriptions(
 ) -> ApiResult<Response> {
     let (limit, offset) = q.page(100, 1000)?;
     q.finish()?;
-    let subs: Vec<Value> = s
+    let subs: Vec<SubscriptionListed> = s
         .maestro
         .list_subscriptions()
         .await?
         .into_iter()
-        .map(|(mut sub, stats)| {
+        .map(|(mut subscription, stats)| {
             // A query string may carry a receiver's secret: admins only.
             if !who.is_admin() {
-                sub.url = shown(&sub.url).into_owned();
+                subscription.url = shown(&subscription.url).into_owned();
             }
-            let mut v = serde_json::to_value(sub).unwrap_or_default();
-            v["delivery"] = serde_json::to_value(stats).unwrap_or_default();
-            v
+            SubscriptionListed {
+                subscription,
+                delivery: counters(stats),
+            }
         })
         .collect();
-    Ok(paged("subscriptions", subs, limit, offset))
+    let (subs, total) = paged(subs, limit, offset);
+    Ok(axum::Json(SubscriptionList::new(subs, total)).into_response())
+}
+
+/// The engine's delivery counters as answered (every field named, so one
+/// added there must be added to the protocol too).
+fn counters(stats: DeliveryStats) -> DeliveryCounters {
+    let DeliveryStats {
+        delivered,
+        failed,
+        catch_ups,
+        attempts,
+        last_delivered_seq,
+        last_delivered_at,
+        last_error,
+    } = stats;
+    DeliveryCounters {
+        delivered,
+        failed,
+        catch_ups,
+        attempts,
+        last_delivered_seq,
+        last_delivered_at,
+        last_error,
+    }
 }
 
 async fn delete_subscription(
@@ -458,8 +390,5 @@ async fn delete_subscription(
         json!({"subscriptionId": id}),
     )
     .await;
-    Ok(
-        axum::Json(json!({"success": true, "message": format!("subscription {id} deleted")}))
-            .into_response(),
-    )
+    Ok(axum::Json(Message::new(format!("subscription {id} deleted"))).into_response())
 }

@@ -5,10 +5,11 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use maestro_core::model::{AgentHealth, AgentStatus, RegisteredAgent, validate_id};
+use maestro_core::protocol::{
+    AgentAnswer, AgentCreated, AgentList, HealthAnswer, HeartbeatBody, Message, StatusBody, True,
+};
 use maestro_core::registry::AgentQuery;
 use maestro_engine::clock::now_ms;
-use schemars::JsonSchema;
-use serde::Deserialize;
 use serde_json::json;
 
 use super::{Access, PAGE, Route, delete, get, patch, post, put, q, schema};
@@ -24,7 +25,7 @@ pub(crate) fn routes() -> Vec<Route> {
         post(A, Access::Operator, register)
             .doc("registerAgent", "Agents", "Register an agent; answers its agent token once")
             .body(schema::<RegisteredAgent>)
-            .ok(201, "agent", schema::<RegisteredAgent>)
+            .ok::<AgentCreated>(201)
             .errors(&[409]),
         get(A, Access::ReadOrAgent, list)
             .doc("queryAgents", "Agents", "List agents, filtered")
@@ -35,10 +36,10 @@ pub(crate) fn routes() -> Vec<Route> {
                 q("tags", "list", "Agents with a capability carrying one of these tags."),
             ])
             .query(&PAGE)
-            .list("agents", schema::<RegisteredAgent>),
+            .ok::<AgentList>(200),
         get(ONE, Access::ReadOrAgent, get_one)
             .doc("getAgent", "Agents", "One agent")
-            .ok(200, "agent", schema::<RegisteredAgent>)
+            .ok::<AgentAnswer>(200)
             .errors(&[404]),
         put(ONE, Access::OperatorOrSelf, upsert)
             .doc(
@@ -47,11 +48,11 @@ pub(crate) fn routes() -> Vec<Route> {
                 "Create (201, with agentToken) or update (200) an agent: how a restarted agent re-registers",
             )
             .body(schema::<RegisteredAgent>)
-            .ok(200, "agent", schema::<RegisteredAgent>)
-            .ok(201, "agent", schema::<RegisteredAgent>),
+            .ok::<AgentAnswer>(200)
+            .ok::<AgentCreated>(201),
         delete(ONE, Access::Operator, deregister)
             .doc("deregisterAgent", "Agents", "Deregister an agent")
-            .json(200, schema::<super::admin::Message>)
+            .ok::<Message>(200)
             .errors(&[404]),
         patch("/maestro/agents/{agentId}/status", Access::OperatorOrSelf, set_status)
             .doc(
@@ -60,21 +61,21 @@ pub(crate) fn routes() -> Vec<Route> {
                 "Set the status (an operator hold until set back to online)",
             )
             .body(schema::<StatusBody>)
-            .ok(200, "agent", schema::<RegisteredAgent>)
+            .ok::<AgentAnswer>(200)
             .errors(&[404]),
         post("/maestro/agents/{agentId}/heartbeat", Access::OperatorOrSelf, heartbeat)
             .doc("heartbeat", "Agents", "Heartbeat, optionally with a health report")
             .optional_body(schema::<HeartbeatBody>)
-            .ok(200, "agent", schema::<RegisteredAgent>)
+            .ok::<AgentAnswer>(200)
             .errors(&[404]),
         get("/maestro/agents/{agentId}/health", Access::ReadOrAgent, get_health)
             .doc("getAgentHealth", "Agents", "Health computed from calls and checks, merged with the agent's report")
-            .ok(200, "health", schema::<AgentHealth>)
+            .ok::<HealthAnswer>(200)
             .errors(&[404]),
         put("/maestro/agents/{agentId}/health", Access::OperatorOrSelf, put_health)
             .doc("recordAgentHealth", "Agents", "The agent's own health report")
             .body(schema::<AgentHealth>)
-            .ok(200, "health", schema::<AgentHealth>)
+            .ok::<HealthAnswer>(200)
             .errors(&[404]),
         get(
             "/maestro/capabilities/{capabilityId}/agents",
@@ -82,7 +83,7 @@ pub(crate) fn routes() -> Vec<Route> {
             by_capability,
         )
         .doc("findAgentsByCapability", "Agents", "Agents offering a capability")
-        .list("agents", schema::<RegisteredAgent>),
+        .ok::<AgentList>(200),
     ]
 }
 
@@ -139,7 +140,11 @@ async fn created_with_token(s: &AppState, a: RegisteredAgent) -> ApiResult<Respo
         .await?;
     Ok((
         StatusCode::CREATED,
-        axum::Json(json!({"success": true, "agent": a, "agentToken": token.secret})),
+        axum::Json(AgentCreated {
+            success: True,
+            agent: a,
+            agent_token: token.secret,
+        }),
     )
         .into_response())
 }
@@ -162,7 +167,7 @@ async fn upsert(
     if created {
         return created_with_token(&s, a).await;
     }
-    Ok(axum::Json(json!({"success": true, "agent": a})).into_response())
+    Ok(axum::Json(AgentAnswer::new(a)).into_response())
 }
 
 async fn list(
@@ -198,10 +203,7 @@ async fn list(
         ..query
     });
     let agents: Vec<_> = agents.into_iter().map(|a| as_seen_by(&p, a)).collect();
-    Ok(axum::Json(
-        json!({"success": true, "count": agents.len(), "total": total, "agents": agents}),
-    )
-    .into_response())
+    Ok(axum::Json(AgentList::new(agents, total as u64)).into_response())
 }
 
 fn found(s: &AppState, id: &str) -> ApiResult<RegisteredAgent> {
@@ -219,7 +221,7 @@ async fn get_one(
 ) -> ApiResult<Response> {
     q.finish()?;
     let a = as_seen_by(&p, found(&s, &id)?);
-    Ok(axum::Json(json!({"success": true, "agent": a})).into_response())
+    Ok(axum::Json(AgentAnswer::new(a)).into_response())
 }
 
 async fn deregister(
@@ -230,17 +232,7 @@ async fn deregister(
     agent_id(&id)?;
     s.maestro.deregister_agent(&id).await?;
     crate::audit::record(&s, &who, "agent.deregistered", json!({"agentId": id})).await;
-    Ok(
-        axum::Json(json!({"success": true, "message": format!("agent {id} deregistered")}))
-            .into_response(),
-    )
-}
-
-/// `PATCH /maestro/agents/{agentId}/status`.
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct StatusBody {
-    status: AgentStatus,
+    Ok(axum::Json(Message::new(format!("agent {id} deregistered"))).into_response())
 }
 
 async fn set_status(
@@ -250,16 +242,7 @@ async fn set_status(
 ) -> ApiResult<Response> {
     agent_id(&id)?;
     let a = s.maestro.update_agent_status(&id, body.status).await?;
-    Ok(axum::Json(json!({"success": true, "agent": a})).into_response())
-}
-
-/// `POST /maestro/agents/{agentId}/heartbeat`.
-#[derive(Debug, Default, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct HeartbeatBody {
-    /// What the agent reports about itself (any subset of AgentHealth).
-    #[serde(default)]
-    health: Option<AgentHealth>,
+    Ok(axum::Json(AgentAnswer::new(a)).into_response())
 }
 
 async fn heartbeat(
@@ -269,7 +252,7 @@ async fn heartbeat(
 ) -> ApiResult<Response> {
     agent_id(&id)?;
     let a = s.maestro.heartbeat(&id, body.health).await?;
-    Ok(axum::Json(json!({"success": true, "agent": a})).into_response())
+    Ok(axum::Json(AgentAnswer::new(a)).into_response())
 }
 
 async fn get_health(State(s): State<AppState>, PathId(id): PathId) -> ApiResult<Response> {
@@ -278,7 +261,7 @@ async fn get_health(State(s): State<AppState>, PathId(id): PathId) -> ApiResult<
         .maestro
         .get_agent_health(&id)
         .ok_or_else(|| maestro_core::Error::not_found("agent", &id))?;
-    Ok(axum::Json(json!({"success": true, "health": h})).into_response())
+    Ok(axum::Json(HealthAnswer::new(h)).into_response())
 }
 
 async fn put_health(
@@ -288,7 +271,7 @@ async fn put_health(
 ) -> ApiResult<Response> {
     agent_id(&id)?;
     let h = s.maestro.record_agent_health(&id, h).await?;
-    Ok(axum::Json(json!({"success": true, "health": h})).into_response())
+    Ok(axum::Json(HealthAnswer::new(h)).into_response())
 }
 
 async fn by_capability(
@@ -304,11 +287,7 @@ async fn by_capability(
         .into_iter()
         .map(|a| as_seen_by(&p, a))
         .collect();
-    let n = agents.len();
-    Ok(
-        axum::Json(json!({"success": true, "count": n, "total": n, "agents": agents}))
-            .into_response(),
-    )
+    Ok(axum::Json(AgentList::all(agents)).into_response())
 }
 
 /// Used by the events route: an agent token publishes as itself only.

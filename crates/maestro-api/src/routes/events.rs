@@ -17,11 +17,9 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::Stream;
 use maestro_core::model::{ChoreographyEvent, EventFilter, EventType, NewEvent};
+use maestro_core::protocol::{EventAnswer, EventList, PublishEvent};
 use maestro_engine::clock::now_ms;
 use maestro_engine::feed::Overflow;
-use schemars::JsonSchema;
-use serde::Deserialize;
-use serde_json::{Map, Value, json};
 
 use super::{Access, Param, Route, get, post, q, schema};
 use crate::auth::Principal;
@@ -63,7 +61,7 @@ pub(crate) fn routes() -> Vec<Route> {
             )
             .query(&FILTERS)
             .query(&[q("limit", "integer", "Events per answer (default 100, max 10000).")])
-            .list("events", schema::<ChoreographyEvent>),
+            .ok::<EventList>(200),
         get("/maestro/events/stream", Access::ReadOrAgent, stream)
             .doc(
                 "streamEvents",
@@ -78,15 +76,15 @@ pub(crate) fn routes() -> Vec<Route> {
                 q("after", "integer", "Events after this seq."),
                 q("limit", "integer", "Events per answer (default 100, max 10000)."),
             ])
-            .list("events", schema::<ChoreographyEvent>),
+            .ok::<EventList>(200),
         post("/maestro/events", Access::Publish, publish)
             .doc(
                 "publishEvent",
                 "Events",
                 "Publish agent:event or agent:alert (an agent token publishes as itself)",
             )
-            .body(schema::<PublishBody>)
-            .ok(201, "event", schema::<ChoreographyEvent>),
+            .body(schema::<PublishEvent>)
+            .ok::<EventAnswer>(201),
     ]
 }
 
@@ -124,12 +122,7 @@ async fn listing(
         Some(mut m) => m.events(events).await,
         None => events,
     };
-    let n = events.len();
-    axum::Json(
-        json!({"success": true, "count": n, "total": total.max(n as u64),
-        "events": events}),
-    )
-    .into_response()
+    axum::Json(EventList::new(events, total)).into_response()
 }
 
 async fn history(
@@ -177,30 +170,10 @@ async fn by_correlation(
     Ok(listing(&s, &p, events, total).await)
 }
 
-/// `POST /maestro/events`.
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub(crate) struct PublishBody {
-    /// `agent:event` or `agent:alert`.
-    #[serde(rename = "type")]
-    event_type: EventType,
-    #[serde(default)]
-    payload: Value,
-    /// Defaults to the token's agent (agent tokens) or name.
-    #[serde(default)]
-    source_agent: Option<String>,
-    #[serde(default)]
-    target_agent: Option<String>,
-    #[serde(default)]
-    correlation_id: Option<String>,
-    #[serde(default)]
-    metadata: Option<Map<String, Value>>,
-}
-
 async fn publish(
     State(s): State<AppState>,
     Extension(p): Extension<Principal>,
-    Json(b): Json<PublishBody>,
+    Json(b): Json<PublishEvent>,
 ) -> ApiResult<Response> {
     if !matches!(b.event_type, EventType::AgentEvent | EventType::AgentAlert) {
         return Err(ApiError::validation(
@@ -242,11 +215,7 @@ async fn publish(
             metadata: b.metadata,
         })
         .await?;
-    Ok((
-        StatusCode::CREATED,
-        axum::Json(json!({"success": true, "event": e})),
-    )
-        .into_response())
+    Ok((StatusCode::CREATED, axum::Json(EventAnswer::new(e))).into_response())
 }
 
 fn sse_event(e: &ChoreographyEvent) -> Event {

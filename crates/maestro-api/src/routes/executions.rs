@@ -5,9 +5,7 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use maestro_core::model::{ExecutionStatus, WorkflowExecution};
 use maestro_core::ports::ExecutionQuery;
-use schemars::JsonSchema;
-use serde::Deserialize;
-use serde_json::json;
+use maestro_core::protocol::{CancelBody, ExecutionAnswer, ExecutionList};
 
 use super::{Access, PAGE, Route, get, post, q, schema};
 use crate::auth::Principal;
@@ -58,10 +56,10 @@ pub(crate) fn routes() -> Vec<Route> {
                 ),
             ])
             .query(&PAGE)
-            .list("executions", schema::<WorkflowExecution>),
+            .ok::<ExecutionList>(200),
         get(ONE, Access::ReadOrAgent, get_one)
             .doc("getExecution", "Executions", "One execution")
-            .ok(200, "execution", schema::<WorkflowExecution>)
+            .ok::<ExecutionAnswer>(200)
             .errors(&[404]),
         post(
             "/maestro/executions/{executionId}/cancel",
@@ -74,7 +72,7 @@ pub(crate) fn routes() -> Vec<Route> {
             "Cancel (409 if already finished)",
         )
         .optional_body(schema::<CancelBody>)
-        .ok(200, "execution", schema::<WorkflowExecution>)
+        .ok::<ExecutionAnswer>(200)
         .errors(&[404, 409]),
         post(
             "/maestro/executions/{executionId}/pause",
@@ -82,7 +80,7 @@ pub(crate) fn routes() -> Vec<Route> {
             pause,
         )
         .doc("pauseExecution", "Executions", "Pause: no new steps start")
-        .ok(200, "execution", schema::<WorkflowExecution>)
+        .ok::<ExecutionAnswer>(200)
         .errors(&[404, 409]),
         post(
             "/maestro/executions/{executionId}/resume",
@@ -90,7 +88,7 @@ pub(crate) fn routes() -> Vec<Route> {
             resume,
         )
         .doc("resumeExecution", "Executions", "Resume a paused execution")
-        .ok(200, "execution", schema::<WorkflowExecution>)
+        .ok::<ExecutionAnswer>(200)
         .errors(&[404, 409]),
     ]
 }
@@ -101,7 +99,7 @@ pub(crate) async fn redact(s: &AppState, p: &Principal, e: WorkflowExecution) ->
 }
 
 fn one(e: WorkflowExecution) -> Response {
-    axum::Json(json!({"success": true, "execution": e})).into_response()
+    axum::Json(ExecutionAnswer::new(e)).into_response()
 }
 
 async fn get_one(
@@ -161,20 +159,7 @@ async fn list(
     for e in page.items {
         items.push(redact(&s, &p, e).await);
     }
-    Ok(axum::Json(
-        json!({"success": true, "count": items.len(), "total": page.total,
-        "executions": items}),
-    )
-    .into_response())
-}
-
-/// `POST /maestro/executions/{executionId}/cancel`.
-#[derive(Debug, Default, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct CancelBody {
-    /// Kept with the execution and in the `workflow:cancelled` event.
-    #[serde(default)]
-    reason: Option<String>,
+    Ok(axum::Json(ExecutionList::new(items, page.total)).into_response())
 }
 
 async fn cancel(

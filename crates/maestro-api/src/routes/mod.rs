@@ -111,20 +111,14 @@ pub(crate) const PAGE: [Param; 2] = [
 /// How a route answers when it succeeds.
 #[derive(Clone)]
 pub enum Answer {
-    /// `{"success": true, <key>: <schema>}` (plus `count`/`total` for lists).
-    Envelope {
-        status: u16,
-        key: &'static str,
-        schema: SchemaFn,
-        list: bool,
-    },
+    /// A JSON body: the schema of its type in `maestro_core::protocol`, the
+    /// type the handler answers with.
+    Json { status: u16, schema: SchemaFn },
     /// Another body (`text/plain`, `text/event-stream`, ...).
     Raw {
         status: u16,
         content_type: &'static str,
     },
-    /// A hand-described JSON body.
-    Json { status: u16, schema: SchemaFn },
 }
 
 /// One entry of the table.
@@ -197,26 +191,12 @@ impl Route {
         self.body = Some((schema, types));
         self
     }
-    pub(crate) fn ok(mut self, status: u16, key: &'static str, schema: SchemaFn) -> Self {
-        self.answers.push(Answer::Envelope {
+    /// A JSON answer of type `T` (one of `maestro_core::protocol`).
+    pub(crate) fn ok<T: JsonSchema>(mut self, status: u16) -> Self {
+        self.answers.push(Answer::Json {
             status,
-            key,
-            schema,
-            list: false,
+            schema: schema::<T>,
         });
-        self
-    }
-    pub(crate) fn list(mut self, key: &'static str, schema: SchemaFn) -> Self {
-        self.answers.push(Answer::Envelope {
-            status: 200,
-            key,
-            schema,
-            list: true,
-        });
-        self
-    }
-    pub(crate) fn json(mut self, status: u16, schema: SchemaFn) -> Self {
-        self.answers.push(Answer::Json { status, schema });
         self
     }
     pub(crate) fn raw(mut self, status: u16, content_type: &'static str) -> Self {

@@ -6,11 +6,13 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use maestro_core::model::validate_id;
 use maestro_core::ports::{InvokeError, TaskRecord};
+use maestro_core::protocol::{
+    CompleteBody, FailBody, LeaseAnswer, PollAnswer, PollBody, TaskAnswer, TaskHeartbeatBody,
+    TaskState, True,
+};
 use maestro_engine::clock::now_ms;
 use maestro_engine::tasks::{MAX_TASKS_PER_POLL, MAX_WAIT_MS};
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 use super::{Access, Route, post, schema};
 use crate::auth::Principal;
@@ -27,7 +29,7 @@ pub(crate) fn routes() -> Vec<Route> {
                 "Lease tasks of a poll agent (long poll; an empty list when none came within waitMs); counts as a heartbeat",
             )
             .optional_body(schema::<PollBody>)
-            .json(200, schema::<PollAnswer>)
+            .ok::<PollAnswer>(200)
             .errors(&[404]),
         post("/maestro/tasks/{taskId}/complete", Access::Worker, complete)
             .doc(
@@ -36,12 +38,12 @@ pub(crate) fn routes() -> Vec<Route> {
                 "Answer a leased task with its outputs (repeating the same answer is accepted)",
             )
             .body(schema::<CompleteBody>)
-            .json(200, schema::<TaskAnswer>)
+            .ok::<TaskAnswer>(200)
             .errors(&[404, 409]),
         post("/maestro/tasks/{taskId}/fail", Access::Worker, fail)
             .doc("failTask", "Tasks", "Fail a leased task")
             .body(schema::<FailBody>)
-            .json(200, schema::<TaskAnswer>)
+            .ok::<TaskAnswer>(200)
             .errors(&[404, 409]),
         post("/maestro/tasks/{taskId}/heartbeat", Access::Worker, heartbeat)
             .doc(
@@ -50,85 +52,9 @@ pub(crate) fn routes() -> Vec<Route> {
                 "Extend a task's lease (default: by its attempt timeout); says whether the call was cancelled",
             )
             .optional_body(schema::<TaskHeartbeatBody>)
-            .json(200, schema::<LeaseAnswer>)
+            .ok::<LeaseAnswer>(200)
             .errors(&[404, 409]),
     ]
-}
-
-/// `POST /maestro/agents/{agentId}/tasks/poll`.
-#[derive(Debug, Default, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub(crate) struct PollBody {
-    /// Only tasks of these capabilities (default: all of the agent's).
-    #[serde(default)]
-    capabilities: Vec<String>,
-    /// Most tasks to lease (default 1, at most 100).
-    #[serde(default)]
-    max: Option<usize>,
-    /// Longest wait for a task, ms (default 30000, at most 60000).
-    #[serde(default)]
-    wait_ms: Option<u64>,
-}
-
-/// Answer of a poll: each task is the push body plus `leaseExpiresAt`.
-#[derive(Debug, Serialize, JsonSchema)]
-pub(crate) struct PollAnswer {
-    success: bool,
-    tasks: Vec<Value>,
-}
-
-/// `POST /maestro/tasks/{taskId}/complete`.
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct CompleteBody {
-    outputs: Map<String, Value>,
-}
-
-/// `POST /maestro/tasks/{taskId}/fail`.
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct FailBody {
-    error: AgentFailure,
-}
-
-/// The agent's error.
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct AgentFailure {
-    code: String,
-    #[serde(default)]
-    message: String,
-    /// Whether the retry policy may try again (default false).
-    #[serde(default)]
-    retryable: bool,
-    #[serde(default)]
-    details: Option<Value>,
-}
-
-/// `POST /maestro/tasks/{taskId}/heartbeat`.
-#[derive(Debug, Default, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub(crate) struct TaskHeartbeatBody {
-    /// New lease length from now, ms (default: the attempt timeout).
-    #[serde(default)]
-    extend_ms: Option<u64>,
-}
-
-/// Answer of complete/fail.
-#[derive(Debug, Serialize, JsonSchema)]
-pub(crate) struct TaskAnswer {
-    success: bool,
-    /// `{taskId, status}`.
-    task: Value,
-}
-
-/// Answer of a task heartbeat.
-#[derive(Debug, Serialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub(crate) struct LeaseAnswer {
-    success: bool,
-    lease_expires_at: u64,
-    cancel_requested: bool,
 }
 
 /// A leased task as the agent receives it.
@@ -197,12 +123,19 @@ async fn poll(
         .poll_tasks(&agent_id, &body.capabilities, max, wait, &s.shutdown)
         .await?;
     let tasks: Vec<Value> = tasks.iter().map(wire).collect();
-    Ok(axum::Json(json!({"success": true, "tasks": tasks})).into_response())
+    Ok(axum::Json(PollAnswer {
+        success: True,
+        tasks,
+    })
+    .into_response())
 }
 
 fn task_answer(t: &TaskRecord) -> Response {
-    axum::Json(json!({"success": true, "task": {"taskId": t.task_id, "status": t.status}}))
-        .into_response()
+    axum::Json(TaskAnswer::new(TaskState {
+        task_id: t.task_id.clone(),
+        status: t.status,
+    }))
+    .into_response()
 }
 
 async fn complete(
@@ -251,9 +184,10 @@ async fn heartbeat(
         .maestro
         .heartbeat_task(&task_id, p.agent(), body.extend_ms)
         .await?;
-    Ok(axum::Json(
-        json!({"success": true, "leaseExpiresAt": l.lease_expires_at,
-        "cancelRequested": l.cancel_requested}),
-    )
+    Ok(axum::Json(LeaseAnswer {
+        success: True,
+        lease_expires_at: l.lease_expires_at,
+        cancel_requested: l.cancel_requested,
+    })
     .into_response())
 }

@@ -6,13 +6,10 @@ use axum::Extension;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use maestro_core::model::{
-    ErrorHandlerType, Workflow, WorkflowExecution, parse_workflow, validate_id,
-};
+use maestro_core::model::{ErrorHandlerType, Workflow, parse_workflow, validate_id};
+use maestro_core::protocol::{ExecuteBody, ExecutionAnswer, Message, WorkflowAnswer, WorkflowList};
 use maestro_engine::ExecuteOptions;
-use schemars::JsonSchema;
-use serde::Deserialize;
-use serde_json::{Map, Value, json};
+use serde_json::Value;
 
 use super::{Access, PAGE, Route, delete, get, patch, post, q, schema};
 use crate::auth::Principal;
@@ -31,26 +28,26 @@ pub(crate) fn routes() -> Vec<Route> {
                 schema::<Workflow>,
                 &["application/json", "application/yaml"],
             )
-            .ok(201, "workflow", schema::<Workflow>)
+            .ok::<WorkflowAnswer>(201)
             .errors(&[409]),
         get(W, Access::ReadOrAgent, list)
             .doc("listWorkflows", "Workflows", "List workflows (latest revisions)")
             .query(&[q("tags", "list", "Workflows carrying every one of these tags.")])
             .query(&PAGE)
-            .list("workflows", schema::<Workflow>),
+            .ok::<WorkflowList>(200),
         get(ONE, Access::ReadOrAgent, get_one)
             .doc("getWorkflow", "Workflows", "A workflow: the latest revision or ?revision=N")
             .query(&[q("revision", "integer", "A past revision.")])
-            .ok(200, "workflow", schema::<Workflow>)
+            .ok::<WorkflowAnswer>(200)
             .errors(&[404]),
         patch(ONE, Access::Operator, update)
             .doc("updateWorkflow", "Workflows", "Merge-patch a workflow: a new revision")
             .body(schema::<Value>)
-            .ok(200, "workflow", schema::<Workflow>)
+            .ok::<WorkflowAnswer>(200)
             .errors(&[404]),
         delete(ONE, Access::Operator, remove)
             .doc("deleteWorkflow", "Workflows", "Delete a workflow (409 while executions of it are active)")
-            .json(200, schema::<super::admin::Message>)
+            .ok::<Message>(200)
             .errors(&[404, 409]),
         post("/maestro/workflows/{workflowId}/execute", Access::Operator, execute)
             .doc(
@@ -60,8 +57,8 @@ pub(crate) fn routes() -> Vec<Route> {
             )
             .query(&[q("wait", "integer", "Wait up to this many ms for the execution to finish.")])
             .optional_body(schema::<ExecuteBody>)
-            .ok(202, "execution", schema::<WorkflowExecution>)
-            .ok(200, "execution", schema::<WorkflowExecution>)
+            .ok::<ExecutionAnswer>(202)
+            .ok::<ExecutionAnswer>(200)
             .errors(&[404, 409, 429]),
     ]
 }
@@ -86,11 +83,7 @@ async fn define(
         }
     }
     let wf = s.maestro.define_workflow(wf, &p.name).await?;
-    Ok((
-        StatusCode::CREATED,
-        axum::Json(json!({"success": true, "workflow": wf})),
-    )
-        .into_response())
+    Ok((StatusCode::CREATED, axum::Json(WorkflowAnswer::new(wf))).into_response())
 }
 
 /// A callback URL with credentials, or to a literal address the outbound
@@ -132,11 +125,7 @@ async fn list(
     q.finish()?;
     let page = s.maestro.list_workflows(&tags, limit, offset).await?;
     let workflows: Vec<_> = page.items.into_iter().map(|w| as_seen_by(&p, w)).collect();
-    Ok(axum::Json(
-        json!({"success": true, "count": workflows.len(), "total": page.total,
-        "workflows": workflows}),
-    )
-    .into_response())
+    Ok(axum::Json(WorkflowList::new(workflows, page.total)).into_response())
 }
 
 async fn get_one(
@@ -160,7 +149,7 @@ async fn get_one(
             None => maestro_core::Error::not_found("workflow", &id),
         })?;
     let wf = as_seen_by(&p, wf);
-    Ok(axum::Json(json!({"success": true, "workflow": wf})).into_response())
+    Ok(axum::Json(WorkflowAnswer::new(wf)).into_response())
 }
 
 async fn update(
@@ -188,30 +177,13 @@ async fn update(
         }
     }
     let wf = s.maestro.update_workflow(&id, &patch).await?;
-    Ok(axum::Json(json!({"success": true, "workflow": wf})).into_response())
+    Ok(axum::Json(WorkflowAnswer::new(wf)).into_response())
 }
 
 async fn remove(State(s): State<AppState>, PathId(id): PathId) -> ApiResult<Response> {
     workflow_id(&id)?;
     s.maestro.delete_workflow(&id).await?;
-    Ok(
-        axum::Json(json!({"success": true, "message": format!("workflow {id} deleted")}))
-            .into_response(),
-    )
-}
-
-/// `POST /maestro/workflows/{workflowId}/execute`.
-#[derive(Debug, Default, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub(crate) struct ExecuteBody {
-    /// Inputs of this run (over the workflow's initialInputs).
-    #[serde(default)]
-    inputs: Map<String, Value>,
-    /// Defaults to the execution id.
-    #[serde(default)]
-    correlation_id: Option<String>,
-    #[serde(default)]
-    parent_execution_id: Option<String>,
+    Ok(axum::Json(Message::new(format!("workflow {id} deleted"))).into_response())
 }
 
 async fn execute(
@@ -290,9 +262,5 @@ async fn execute(
         None => (StatusCode::ACCEPTED, exec),
     };
     let exec = redact(&s, &p, exec).await;
-    Ok((
-        status,
-        axum::Json(json!({"success": true, "execution": exec})),
-    )
-        .into_response())
+    Ok((status, axum::Json(ExecutionAnswer::new(exec))).into_response())
 }

@@ -6,9 +6,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use maestro_core::model::Transport;
+use maestro_core::protocol::{
+    AgentFailure, CompleteBody, FailBody, HeartbeatBody, LeaseAnswer, PollAnswer, PollBody,
+    TaskHeartbeatBody,
+};
 use maestro_core::url::shown;
 use reqwest::{Method, StatusCode};
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use super::{Agent, AgentError, SdkError};
@@ -170,11 +175,11 @@ impl Link {
     }
 
     /// One exchange; the answer's JSON body on a 2xx.
-    async fn call(
+    async fn call<B: Serialize + ?Sized>(
         &self,
         method: Method,
         path: &str,
-        body: &Value,
+        body: &B,
         timeout: Duration,
     ) -> Result<(StatusCode, Value), CallError> {
         let resp = self
@@ -281,7 +286,7 @@ impl Link {
         self.call(
             Method::POST,
             &format!("/maestro/agents/{}/heartbeat", self.agent_id),
-            &json!({}),
+            &HeartbeatBody::default(),
             CALL_TIMEOUT,
         )
         .await
@@ -296,7 +301,11 @@ impl Link {
         max: u32,
         wait_ms: u64,
     ) -> Result<Vec<Value>, CallError> {
-        let body = json!({"capabilities": capabilities, "max": max, "waitMs": wait_ms});
+        let body = PollBody {
+            capabilities: capabilities.to_vec(),
+            max: Some(max as usize),
+            wait_ms: Some(wait_ms),
+        };
         let (_, v) = self
             .call(
                 Method::POST,
@@ -305,12 +314,9 @@ impl Link {
                 Duration::from_millis(wait_ms) + POLL_MARGIN,
             )
             .await?;
-        match v.get("tasks") {
-            Some(Value::Array(tasks)) => Ok(tasks.clone()),
-            _ => Err(CallError::Transient(
-                "the poll answer has no `tasks` list".to_owned(),
-            )),
-        }
+        serde_json::from_value::<PollAnswer>(v)
+            .map(|a| a.tasks)
+            .map_err(|e| CallError::Transient(format!("unexpected poll answer: {e}")))
     }
 
     /// `POST /maestro/tasks/<taskId>/heartbeat`.
@@ -319,21 +325,15 @@ impl Link {
             .call(
                 Method::POST,
                 &format!("/maestro/tasks/{task_id}/heartbeat"),
-                &json!({}),
+                &TaskHeartbeatBody::default(),
                 CALL_TIMEOUT,
             )
             .await?;
-        // `{leaseExpiresAt, cancelRequested}`, possibly inside `task`/`lease`.
-        let field = |name: &str| {
-            [&v, &v["task"], &v["lease"]]
-                .into_iter()
-                .find_map(|o| o.get(name).filter(|x| !x.is_null()).cloned())
-        };
+        let a: LeaseAnswer = serde_json::from_value(v)
+            .map_err(|e| CallError::Transient(format!("unexpected heartbeat answer: {e}")))?;
         Ok(Lease {
-            expires_at: field("leaseExpiresAt").and_then(|x| x.as_u64()),
-            cancel_requested: field("cancelRequested")
-                .and_then(|x| x.as_bool())
-                .unwrap_or(false),
+            expires_at: Some(a.lease_expires_at),
+            cancel_requested: a.cancel_requested,
         })
     }
 
@@ -346,7 +346,9 @@ impl Link {
         self.call(
             Method::POST,
             &format!("/maestro/tasks/{task_id}/complete"),
-            &json!({ "outputs": outputs }),
+            &CompleteBody {
+                outputs: outputs.clone(),
+            },
             CALL_TIMEOUT,
         )
         .await
@@ -357,14 +359,20 @@ impl Link {
     /// has them; a server that refuses them (400) gets the error without.
     pub(crate) async fn fail(&self, task_id: &str, error: &AgentError) -> Result<(), CallError> {
         let path = format!("/maestro/tasks/{task_id}/fail");
-        let plain = json!({"error": {"code": error.code, "message": error.message,
-            "retryable": error.retryable}});
+        let failure = |details: Option<Value>| FailBody {
+            error: AgentFailure {
+                code: error.code.clone(),
+                message: error.message.clone(),
+                retryable: error.retryable,
+                details,
+            },
+        };
         if error.details.is_some() {
             match self
                 .call(
                     Method::POST,
                     &path,
-                    &json!({ "error": error }),
+                    &failure(error.details.clone()),
                     CALL_TIMEOUT,
                 )
                 .await
@@ -373,7 +381,7 @@ impl Link {
                 other => return other.map(|_| ()),
             }
         }
-        self.call(Method::POST, &path, &plain, CALL_TIMEOUT)
+        self.call(Method::POST, &path, &failure(None), CALL_TIMEOUT)
             .await
             .map(|_| ())
     }

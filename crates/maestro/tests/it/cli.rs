@@ -440,7 +440,7 @@ async fn client_admin_routes() {
         .unwrap();
     assert!(!sub.secret.is_empty());
     let subs = c.list_subscriptions(Paging::default()).await.unwrap();
-    assert_eq!(subs.items[0].id, sub.subscription.id);
+    assert_eq!(subs.items[0].subscription.id, sub.subscription.id);
     assert!(c.delete_subscription(&sub.subscription.id).await.is_ok());
     let err = c
         .delete_subscription(&sub.subscription.id)
